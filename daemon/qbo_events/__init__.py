@@ -1,0 +1,8 @@
+"""qbo-events: QuickBooks Online changes delivered as signed callbacks."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("qbo-events")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"

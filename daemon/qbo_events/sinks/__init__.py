@@ -1,0 +1,1 @@
+"""Where events go: signing, the retry schedule and the bounded pool of senders."""

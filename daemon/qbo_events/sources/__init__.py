@@ -1,0 +1,1 @@
+"""Where changes come from: the webhook listener and the per-resource pollers."""
