@@ -60,12 +60,19 @@ class QuickBooksFault(QuickBooksError):
     """QuickBooks answered with a Fault (validation, permission, unsupported operation)."""
 
     def __init__(
-        self, message: str, *, code: str = "", fault_type: str = "", status: int | None = None,
+        self,
+        message: str,
+        *,
+        code: str = "",
+        fault_type: str = "",
+        status: int | None = None,
         intuit_tid: str = "",
+        detail: str = "",
     ) -> None:
         super().__init__(message, status=status, intuit_tid=intuit_tid)
         self.code = code
         self.fault_type = fault_type
+        self.detail = detail
 
 
 class DeliveryError(QboEventsError):

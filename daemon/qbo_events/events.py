@@ -1,4 +1,4 @@
-"""The small immutable values that cross stages: a Change seen by a source, an Event per instance."""
+"""The immutable values that cross stages: a Change a source saw, an Event per instance."""
 
 from __future__ import annotations
 

@@ -45,11 +45,21 @@ BY_ENTITY: Final = {r.entity: r for r in RESOURCES}
 # Entities QuickBooks sends webhooks for beyond the 22, so CloudEvents' lower-case names
 # ("journalentry") can be given back their PascalCase.
 _OTHER_ENTITIES: Final = (
-    "Budget", "ChangeOrder", "Department", "Deposit", "Estimate", "JournalCode", "Preferences",
-    "Purchase", "TaxAgency", "Transfer",
+    "Budget",
+    "ChangeOrder",
+    "Department",
+    "Deposit",
+    "Estimate",
+    "JournalCode",
+    "Preferences",
+    "Purchase",
+    "TaxAgency",
+    "Transfer",
 )
 _CANONICAL: Final = {e.lower(): e for e in (*BY_ENTITY, *_OTHER_ENTITIES)}
 _ALIASES: Final = {"currency": "CompanyCurrency"}
+# Also splits an acronym from the word after it: "CDCResponse" -> "CDC-Response".
+_WORD_BOUNDARY: Final = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
 def canonical_entity(name: str) -> str:
@@ -64,13 +74,16 @@ def canonical_entity(name: str) -> str:
 
 def object_type(entity: str) -> str:
     """The Open Connectors resource of an entity; others get their kebab-case plural."""
-    resource = BY_ENTITY.get(entity)
+    canonical = canonical_entity(entity)
+    resource = BY_ENTITY.get(canonical)
     if resource is not None:
         return resource.name
-    kebab = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "-", entity).lower()
-    if kebab.endswith(("s", "x", "ch", "sh")):
-        return kebab if kebab.endswith("ces") or kebab.endswith("es") else kebab + "es"
-    if kebab.endswith("y") and kebab[-2:-1] not in "aeiou":
+    kebab = _WORD_BOUNDARY.sub("-", canonical).lower()
+    if kebab.endswith("es"):  # already plural: Preferences
+        return kebab
+    if kebab.endswith(("s", "x", "z", "ch", "sh")):
+        return kebab + "es"
+    if len(kebab) > 1 and kebab[-1] == "y" and kebab[-2] not in "aeiou":
         return kebab[:-1] + "ies"
     return kebab + "s"
 

@@ -1,0 +1,297 @@
+"""The daemon: builds the components from a Config, runs them, reloads them, stops them in order.
+
+Shutdown order is structure: the sinks' task group contains the sources' task group, so on
+SIGTERM the sources stop taking work, the webhook site closes, the senders drain until
+`delivery.shutdown_timeout`, and only then does the outbox close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from qbo_events import __version__, logs
+from qbo_events import config as config_module
+from qbo_events.config import Config, parse_listen
+from qbo_events.errors import ConfigError
+from qbo_events.metrics import Metrics
+from qbo_events.ops import health_app
+from qbo_events.outbox import Outbox
+from qbo_events.routing import Routes
+from qbo_events.sinks.sender import Sender, targets_from
+from qbo_events.sources.webhooks import WebhookListener
+from qbo_events.systemd import Notifier
+
+log = structlog.get_logger("qbo_events.app")
+
+OUTBOX_FILE = "outbox.sqlite3"
+
+
+def outbox_path(config: Config) -> Path:
+    return Path(config.state_dir) / OUTBOX_FILE
+
+
+class Site:
+    """One aiohttp listener that can be re-bound to a new address on reload."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.runner: web.AppRunner | None = None
+        self.address = ""
+
+    async def bind(self, app: web.Application, address: str) -> None:
+        """Bind the new listener before closing the old one, so a bad address changes nothing."""
+        host, port = parse_listen(address)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        old, self.runner, self.address = self.runner, runner, address
+        if old is not None:
+            await old.cleanup()
+        log.info("listening", listener=self.name, address=address)
+
+    async def close(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.started_at = time.time()
+        self.metrics = Metrics()
+        self.notifier = Notifier.from_env()
+        self.last_reload: dict[str, Any] = {"at": None, "ok": True, "error": None}
+        self._signals: asyncio.Queue[str] = asyncio.Queue()
+        self._webhook_site = Site("webhooks")
+        self._health_site = Site("health")
+        self._outbox: Outbox | None = None
+        self._sender: Sender | None = None
+        self._listener: WebhookListener | None = None
+
+    # -- the whole lifetime --------------------------------------------------------------------
+
+    async def run(self) -> int:
+        config = self.config
+        logs.configure(config.log.level, config.log.format)
+        logs.set_secrets(config.secrets())
+        loop = asyncio.get_running_loop()
+        for signum, action in (
+            (signal.SIGTERM, "stop"),
+            (signal.SIGINT, "stop"),
+            (signal.SIGHUP, "reload"),
+        ):
+            # Handlers only enqueue; the control loop below does the work.
+            loop.add_signal_handler(signum, self._signals.put_nowait, action)
+        outbox = Outbox(
+            outbox_path(config),
+            durability=config.outbox.durability,
+            max_pending=config.outbox.max_pending,
+            dedupe_window=config.outbox.dedupe_window_days * 86400,
+        )
+        async with outbox, _client_session() as http:
+            self._outbox = outbox
+            sender = self._sender = Sender(
+                outbox,
+                http,
+                delivery=config.delivery,
+                targets=targets_from(config),
+                metrics=self.metrics,
+            )
+            listener = self._listener = WebhookListener(
+                outbox,
+                routes=Routes(config),
+                verifier_token=config.quickbooks.webhook_verifier_token,
+                metrics=self.metrics,
+                on_accepted=self._wake_senders,
+            )
+            sinks_stop = asyncio.Event()
+            sources_stop = asyncio.Event()
+            await self._health_site.bind(self._health_app(), config.http.health_listen)
+            try:
+                async with asyncio.TaskGroup() as sinks:
+                    sinks.create_task(sender.run(sinks_stop), name="sender")
+                    sinks.create_task(
+                        self.notifier.run_watchdog(sinks_stop, self._healthy), name="watchdog"
+                    )
+                    try:
+                        async with asyncio.TaskGroup() as sources:
+                            await self._webhook_site.bind(
+                                self._webhook_app(config), config.http.webhook_listen
+                            )
+                            del sources  # the pollers join this group
+                            self.notifier.ready()
+                            self.notifier.status(self._summary())
+                            log.info(
+                                "started", version=__version__, instances=len(config.instances)
+                            )
+                            await self._control()
+                            self.notifier.stopping()
+                            log.info("stopping: intake closed, draining deliveries")
+                            listener.accepting = False
+                            outbox.stop_intake()
+                            sources_stop.set()
+                            await self._webhook_site.close()
+                    finally:
+                        sinks_stop.set()
+            finally:
+                await self._health_site.close()
+                self._outbox = None
+        counts = outbox.stats()
+        log.info("stopped", undelivered=counts["undelivered"])
+        return 0
+
+    async def _control(self) -> None:
+        while True:
+            action = await self._signals.get()
+            if action == "stop":
+                return
+            await self.reload()
+
+    # -- reload --------------------------------------------------------------------------------
+
+    async def reload(self) -> bool:
+        self.notifier.reloading()
+        self.last_reload["at"] = _now_iso()
+        try:
+            new = config_module.load(self.config_path)
+            await self._apply(new)
+        except (ConfigError, OSError) as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            self.last_reload.update(ok=False, error=problems)
+            log.error("reload rejected; the running configuration stays", problems=problems)
+            self.notifier.ready()
+            return False
+        self.last_reload.update(ok=True, error=None)
+        log.info("reloaded", instances=len(new.instances))
+        self.notifier.ready()
+        self.notifier.status(self._summary())
+        return True
+
+    async def _apply(self, new: Config) -> None:
+        old = self.config
+        assert self._sender is not None and self._listener is not None
+        assert self._outbox is not None
+        # Listeners first: a failed bind rejects the reload before anything else changed.
+        if (new.http.webhook_listen, new.http.webhook_path, new.http.max_body_bytes) != (
+            old.http.webhook_listen,
+            old.http.webhook_path,
+            old.http.max_body_bytes,
+        ):
+            await self._webhook_site.bind(self._webhook_app(new), new.http.webhook_listen)
+        if new.http.health_listen != old.http.health_listen:
+            await self._health_site.bind(self._health_app(), new.http.health_listen)
+        for key in ("state_dir",):
+            if getattr(new, key) != getattr(old, key):
+                log.warning("takes effect at the next restart", key=key)
+        if new.outbox.durability != old.outbox.durability:
+            log.warning("takes effect at the next restart", key="outbox.durability")
+        logs.configure(new.log.level, new.log.format)
+        logs.set_secrets(new.secrets() + old.secrets())
+        self._listener.routes = Routes(new)
+        self._listener.verifier_token = new.quickbooks.webhook_verifier_token
+        self._outbox.max_pending = new.outbox.max_pending
+        self._sender.configure(new.delivery, targets_from(new))
+        self.config = new
+
+    # -- wiring --------------------------------------------------------------------------------
+
+    def _wake_senders(self, instances: set[str]) -> None:
+        assert self._sender is not None
+        for name in instances:
+            self._sender.wake(name)
+
+    def _webhook_app(self, config: Config) -> web.Application:
+        assert self._listener is not None
+        return self._listener.app(config.http.webhook_path, config.http.max_body_bytes)
+
+    def _health_app(self) -> web.Application:
+        return health_app(
+            metrics=self.metrics,
+            readiness=self.readiness,
+            status=self.status,
+            refresh_metrics=self._refresh_metrics,
+        )
+
+    def _healthy(self) -> bool:
+        return not self.readiness()
+
+    def readiness(self) -> list[str]:
+        reasons = []
+        if self._outbox is None or not self._outbox.writable:
+            reasons.append("outbox not open")
+        if self._webhook_site.runner is None:
+            reasons.append("webhook listener not bound")
+        if self._sender is None or not self._sender.running:
+            reasons.append("senders not running")
+        return reasons
+
+    async def _refresh_metrics(self) -> None:
+        if self._outbox is not None:
+            self.metrics.outbox_depth.set(self._outbox.pending)
+
+    def _summary(self) -> str:
+        pending = self._outbox.pending if self._outbox else 0
+        delivered = self._sender.delivered if self._sender else 0
+        return (
+            f"{len(self.config.instances)} instances, {pending} undelivered, {delivered} delivered"
+        )
+
+    async def status(self) -> dict[str, Any]:
+        config = self.config
+        counts = await self._outbox.counts() if self._outbox else None
+        return {
+            "version": __version__,
+            "uptime": round(time.time() - self.started_at, 3),
+            "config": str(self.config_path),
+            "last_reload": self.last_reload,
+            "ready": not self.readiness(),
+            "instances": {
+                inst.name: {
+                    "realm_id": inst.realm_id,
+                    "vendor_type": inst.event.vendor.type,
+                    "callback_host": urlsplit(inst.callback_url).hostname,
+                    "resources": {},
+                }
+                for inst in config.instances
+            },
+            "webhooks": self._listener.stats() if self._listener else {},
+            "outbox": {
+                **(self._outbox.stats() if self._outbox else {}),
+                **(
+                    {}
+                    if counts is None
+                    else {
+                        "pending": counts.pending,
+                        "retrying": counts.retrying,
+                        "dead": counts.dead,
+                        "quarantined": counts.quarantined,
+                    }
+                ),
+            },
+            "deliveries": self._sender.stats() if self._sender else {},
+        }
+
+
+def _client_session() -> aiohttp.ClientSession:
+    # Our own per-endpoint cap governs; the connector must not queue requests behind it.
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+    return aiohttp.ClientSession(connector=connector, auto_decompress=True)
+
+
+def _now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,168 @@
+"""The command line: parses arguments, calls into the package, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from qbo_events import __version__
+from qbo_events import config as config_module
+from qbo_events.config import Config
+from qbo_events.errors import ConfigError, QboEventsError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except QboEventsError as exc:
+        print(f"qbo-events: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qbo-events",
+        description="QuickBooks Online changes delivered as signed callbacks.",
+    )
+    parser.add_argument("--version", action="version", version=f"qbo-events {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, handler: Callable[[argparse.Namespace], int]) -> Any:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    def with_config(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--config",
+            type=Path,
+            help="config file (default: $QBO_EVENTS_CONFIG, else ./config.toml)",
+        )
+
+    with_config(command("run", "run the daemon in the foreground", _run))
+    with_config(command("check", "validate the config and print a summary", _check))
+    with_config(command("status", "show the running daemon's /status as a table", _status))
+
+    deliveries = command("deliveries", "list or re-queue deliveries", _no_action)
+    actions = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="list pending or dead-lettered deliveries")
+    listing.set_defaults(handler=_deliveries_list)
+    with_config(listing)
+    listing.add_argument("--instance")
+    listing.add_argument("--dead", action="store_true", help="dead-lettered only")
+    listing.add_argument("--limit", type=int, default=100)
+    again = actions.add_parser("retry", help="re-queue dead-lettered deliveries")
+    again.set_defaults(handler=_deliveries_retry)
+    with_config(again)
+    again.add_argument("--instance")
+    again.add_argument("--event", help="one event id")
+
+    from qbo_events import sandbox
+
+    sandbox.add_arguments(
+        command("sandbox", "serve the simulated QuickBooks Online API", sandbox.run_command)
+    )
+    return parser
+
+
+def _load(args: argparse.Namespace) -> tuple[Config, Path]:
+    path = args.config or config_module.default_path()
+    return config_module.load(path), path
+
+
+def _no_action(_: argparse.Namespace) -> int:
+    return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from qbo_events.app import Daemon
+
+    config, path = _load(args)
+    return int(uvloop.run(Daemon(config, path).run()))
+
+
+def _check(args: argparse.Namespace) -> int:
+    config, path = _load(args)
+    print(f"{path}: ok")
+    print(f"  state_dir   {config.state_dir}")
+    print(f"  webhooks    {config.http.webhook_listen}{config.http.webhook_path}")
+    print(f"  health      {config.http.health_listen}")
+    print(f"  delivery    {config.delivery.format}, {config.delivery.workers} workers")
+    print(f"  instances   {len(config.instances)}")
+    for inst in config.instances:
+        poller = inst.event.poller
+        print(
+            f"    {inst.name}: realm {inst.realm_id}, {inst.event.vendor.type}, "
+            f"{len(poller.resources)} resources every {poller.interval_seconds:g} s "
+            f"-> {inst.callback_url}"
+            f"{' (signed)' if inst.signature_key else ''}"
+        )
+    return EXIT_OK
+
+
+def _deliveries_list(args: argparse.Namespace) -> int:
+    from qbo_events.app import outbox_path
+    from qbo_events.outbox import Outbox
+
+    config, _ = _load(args)
+
+    async def listing() -> list[Any]:
+        async with Outbox(outbox_path(config)) as outbox:
+            return await outbox.listing(dead=args.dead, instance=args.instance, limit=args.limit)
+
+    rows = asyncio.run(listing())
+    print(f"{'EVENT':<37} {'INSTANCE':<16} {'OBJECT':<28} {'TYPE':<8} {'TRIES':>5}  NEXT / ERROR")
+    for row in rows:
+        when = "dead" if row.state == "dead" else _ago(row.next_at)
+        obj = f"{row.object_type}/{row.object_id}"
+        print(
+            f"{row.event_id:<37} {row.instance:<16} {obj:<28} {row.event_type:<8} "
+            f"{row.attempts:>5}  {when}{' ' + row.last_error if row.last_error else ''}"
+        )
+    print(f"{len(rows)} {'dead-lettered' if args.dead else 'pending'} deliveries")
+    return EXIT_OK
+
+
+def _deliveries_retry(args: argparse.Namespace) -> int:
+    from qbo_events.app import outbox_path
+    from qbo_events.outbox import Outbox
+
+    config, _ = _load(args)
+
+    async def requeue() -> int:
+        async with Outbox(outbox_path(config)) as outbox:
+            return await outbox.requeue_dead(instance=args.instance, event_id=args.event)
+
+    count = asyncio.run(requeue())
+    print(f"re-queued {count} dead-lettered deliveries")
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from qbo_events.status_table import fetch_and_print
+
+    config, _ = _load(args)
+    return fetch_and_print(config)
+
+
+def _ago(at: float) -> str:
+    delta = at - time.time()
+    return "now" if delta <= 0 else f"in {delta:.0f} s"

@@ -1,0 +1,396 @@
+"""The TOML configuration: frozen msgspec Structs, `load(path) -> Config`, and `ConfigError`."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+from msgspec import Meta, field
+
+from qbo_events.errors import ConfigError
+from qbo_events.quickbooks.resources import BY_NAME, parse_resource_list
+
+Positive = Annotated[float, Meta(gt=0)]
+PositiveInt = Annotated[int, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+
+
+class LogConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console", "auto"] = "auto"
+
+
+class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    webhook_listen: str = "0.0.0.0:8080"
+    webhook_path: str = "/webhooks/quickbooks"
+    health_listen: str = "127.0.0.1:8081"
+    max_body_bytes: Annotated[int, Meta(ge=1024)] = 2_097_152
+
+
+class QuickBooksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    environment: Literal["production", "sandbox"] = "production"
+    client_id: str = ""
+    client_secret: str = ""
+    client_secret_file: str = ""
+    webhook_verifier_token: str = ""
+    webhook_verifier_token_file: str = ""
+    api_base_url: str = ""
+    token_url: str = ""
+    minor_version: Annotated[int, Meta(ge=75)] = 75
+    requests_per_minute: PositiveInt = 500
+    max_concurrent_requests: PositiveInt = 10
+
+
+class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    workers: PositiveInt = 64
+    timeout: Positive = 15.0
+    retry_schedule: tuple[Positive, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    max_in_flight_per_endpoint: PositiveInt = 16
+    format: Literal["open-connectors", "cloudevents"] = "open-connectors"
+    shutdown_timeout: NonNegative = 10.0
+
+
+class OutboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    durability: Literal["full", "normal"] = "full"
+    max_pending: PositiveInt = 1_000_000
+    dedupe_window_days: Positive = 7.0
+
+
+class Callback(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    url: str = ""
+
+
+class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    key: str = ""
+    key_file: str = ""
+
+
+class Notification(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    enabled: bool = True
+    callback: Callback = field(default_factory=Callback)
+    signature: Signature = field(default_factory=Signature)
+
+
+class Vendor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    type: Literal["polling", "webhook", "webhooks", "hybrid"] = "polling"
+
+
+class Poller(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    # The string forms are Open Connectors' own ("15", "invoices|customers"); the properties
+    # below give the parsed values, which validation has already proven parseable.
+    refresh_interval: float | str = 15.0
+    urls: list[str] | str = field(default_factory=list)
+    overlap: NonNegative = 60.0
+    since: str = ""
+
+    @property
+    def interval_seconds(self) -> float:
+        return float(self.refresh_interval) * 60.0
+
+    @property
+    def resources(self) -> tuple[str, ...]:
+        """The resources named, or all 22 when none are."""
+        return parse_resource_list(self.urls) or tuple(BY_NAME)
+
+    @property
+    def since_time(self) -> dt.datetime | None:
+        return _parse_rfc3339(self.since) if self.since else None
+
+
+class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    notification: Notification = field(default_factory=Notification)
+    vendor: Vendor = field(default_factory=Vendor)
+    poller: Poller = field(default_factory=Poller)
+
+
+class Instance(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    name: str
+    realm_id: str
+    refresh_token: str = ""
+    tags: list[str] = field(default_factory=list)
+    event: EventSettings = field(default_factory=EventSettings)
+
+    @property
+    def polls(self) -> bool:
+        return self.event.vendor.type in ("polling", "hybrid")
+
+    @property
+    def takes_webhooks(self) -> bool:
+        return self.event.vendor.type in ("webhook", "webhooks", "hybrid")
+
+    @property
+    def signature_key(self) -> str:
+        return self.event.notification.signature.key
+
+    @property
+    def callback_url(self) -> str:
+        return self.event.notification.callback.url
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    state_dir: str = "./state"
+    log: LogConfig = field(default_factory=LogConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    quickbooks: QuickBooksConfig = field(default_factory=QuickBooksConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    instances: list[Instance] = field(default_factory=list)
+
+    def secrets(self) -> list[str]:
+        """Every secret value in this config, for the log redaction step."""
+        values = [self.quickbooks.client_secret, self.quickbooks.webhook_verifier_token]
+        for instance in self.instances:
+            values += [instance.refresh_token, instance.signature_key]
+        return [v for v in values if v]
+
+    def instance(self, name: str) -> Instance | None:
+        return next((i for i in self.instances if i.name == name), None)
+
+
+_SECTIONS: Final[dict[str, Any]] = {
+    "state_dir": str,
+    "log": LogConfig,
+    "http": HttpConfig,
+    "quickbooks": QuickBooksConfig,
+    "delivery": DeliveryConfig,
+    "outbox": OutboxConfig,
+}
+_NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def default_path(environ: Mapping[str, str] = os.environ) -> Path:
+    return Path(environ.get("QBO_EVENTS_CONFIG") or "config.toml")
+
+
+def load(path: str | Path, environ: Mapping[str, str] = os.environ) -> Config:
+    """Read, decode and validate a config file; raise ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    return loads(text, environ=environ, base_dir=Path(path).resolve().parent)
+
+
+def loads(
+    text: str, *, environ: Mapping[str, str] = os.environ, base_dir: Path | None = None
+) -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"invalid TOML: {exc}"]) from None
+    problems: list[str] = []
+    config = _decode(_datetimes_as_text(data), problems)
+    if config is not None:
+        config = _resolve_secrets(config, environ, base_dir or Path.cwd(), problems)
+        problems += validate(config)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return config
+
+
+def _datetimes_as_text(value: Any) -> Any:
+    """TOML's bare datetimes become RFC 3339 text, the one form the Structs declare."""
+    if isinstance(value, dict):
+        return {k: _datetimes_as_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_datetimes_as_text(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    return value
+
+
+def _decode(data: dict[str, Any], problems: list[str]) -> Config | None:
+    """Decode section by section so that `check` can report every section's first error."""
+    for key in data:
+        if key not in _SECTIONS and key != "instances":
+            problems.append(f"{key}: unknown key")
+    parts: dict[str, Any] = {}
+    for key, kind in _SECTIONS.items():
+        if key in data:
+            try:
+                parts[key] = msgspec.convert(data[key], kind)
+            except msgspec.ValidationError as exc:
+                problems.append(_describe(exc, key))
+    raw_instances = data.get("instances", [])
+    if not isinstance(raw_instances, list):
+        problems.append("instances: expected an array of tables ([[instances]])")
+        raw_instances = []
+    instances: dict[int, Instance] = {}
+    for index, raw in enumerate(raw_instances):
+        try:
+            instances[index] = msgspec.convert(raw, Instance)
+        except msgspec.ValidationError as exc:
+            problems.append(_describe(exc, f"instances[{index}]"))
+    if problems:
+        # Still report what is wrong inside the instances that did decode.
+        problems += _validate_instances(instances)
+        return None
+    return Config(**parts, instances=list(instances.values()))
+
+
+def _describe(exc: msgspec.ValidationError, prefix: str) -> str:
+    """Turn msgspec's `Expected ... - at `$.a.b`` into `prefix.a.b: expected ...`."""
+    message, _, where = str(exc).partition(" - at `$")
+    path = prefix + where.rstrip("`")
+    unknown = re.match(r"Object contains unknown field `(.+)`", message)
+    if unknown:
+        return f"{path}.{unknown.group(1)}: unknown key"
+    missing = re.match(r"Object missing required field `(.+)`", message)
+    if missing:
+        return f"{path}.{missing.group(1)}: required"
+    bound = re.match(r"Expected `\w+` (.+)$", message)
+    if bound and not bound.group(1).startswith(","):
+        return f"{path}: must be {bound.group(1)}"
+    return f"{path}: {message.replace('`', '')[:1].lower()}{message.replace('`', '')[1:]}"
+
+
+def _read_secret(
+    file: str, key: str, environ: Mapping[str, str], base_dir: Path, problems: list[str]
+) -> str:
+    path = Path(file)
+    if not path.is_absolute():
+        credentials = environ.get("CREDENTIALS_DIRECTORY")
+        path = Path(credentials) / path if credentials else base_dir / path
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        problems.append(f"{key}: cannot read {path}: {exc.strerror or exc}")
+        return ""
+
+
+def _resolve_secrets(
+    config: Config, environ: Mapping[str, str], base_dir: Path, problems: list[str]
+) -> Config:
+    """Replace each `*_file` key by the secret it points at, so the rest sees only values."""
+    qb = config.quickbooks
+    replaced: dict[str, str] = {}
+    for name in ("client_secret", "webhook_verifier_token"):
+        file = getattr(qb, f"{name}_file")
+        if file and getattr(qb, name):
+            problems.append(f"quickbooks.{name}_file: give either {name} or {name}_file")
+        elif file:
+            replaced[name] = _read_secret(
+                file, f"quickbooks.{name}_file", environ, base_dir, problems
+            )
+    instances = []
+    for index, inst in enumerate(config.instances):
+        sig = inst.event.notification.signature
+        where = f"instances[{index}].event.notification.signature.key_file"
+        if sig.key_file and sig.key:
+            problems.append(f"{where}: give either key or key_file")
+        elif sig.key_file:
+            key = _read_secret(sig.key_file, where, environ, base_dir, problems)
+            notification = msgspec.structs.replace(
+                inst.event.notification, signature=Signature(key=key)
+            )
+            inst = msgspec.structs.replace(
+                inst, event=msgspec.structs.replace(inst.event, notification=notification)
+            )
+        instances.append(inst)
+    return msgspec.structs.replace(
+        config,
+        quickbooks=msgspec.structs.replace(qb, **replaced),
+        instances=instances,
+    )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all addresses) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port)
+
+
+def _parse_rfc3339(value: str) -> dt.datetime:
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError("needs an explicit offset (Z or +hh:mm)")
+    return parsed
+
+
+def validate(config: Config) -> list[str]:
+    """The checks that span keys; each problem names its key path."""
+    problems: list[str] = []
+    for key in ("webhook_listen", "health_listen"):
+        try:
+            parse_listen(getattr(config.http, key))
+        except ValueError as exc:
+            problems.append(f"http.{key}: {exc}")
+    if not config.http.webhook_path.startswith("/"):
+        problems.append("http.webhook_path: must start with /")
+    if not config.delivery.retry_schedule:
+        problems.append("delivery.retry_schedule: must not be empty")
+    qb = config.quickbooks
+    for key in ("api_base_url", "token_url"):
+        url = getattr(qb, key)
+        if url and urlsplit(url).scheme not in ("http", "https"):
+            problems.append(f"quickbooks.{key}: must be an http(s) URL")
+
+    problems += _validate_instances(dict(enumerate(config.instances)))
+    if any(i.polls for i in config.instances):
+        for key in ("client_id", "client_secret"):
+            if not getattr(qb, key):
+                problems.append(f"quickbooks.{key}: required when an instance polls")
+    if any(i.takes_webhooks for i in config.instances) and not qb.webhook_verifier_token:
+        problems.append(
+            "quickbooks.webhook_verifier_token: required when an instance takes webhooks"
+        )
+    return problems
+
+
+def _validate_instances(instances: dict[int, Instance]) -> list[str]:
+    """Checks within and between instances, keyed by their index in the file."""
+    problems: list[str] = []
+    names: set[str] = set()
+    for index, inst in instances.items():
+        where = f"instances[{index}]"
+        if not _NAME.match(inst.name):
+            problems.append(f"{where}.name: must be 1-64 of A-Z a-z 0-9 . _ - (got {inst.name!r})")
+        elif inst.name in names:
+            problems.append(f"{where}.name: {inst.name!r} is used by an earlier instance")
+        names.add(inst.name)
+        if not inst.realm_id.strip():
+            problems.append(f"{where}.realm_id: must not be empty")
+        problems += _validate_event(inst.event, f"{where}.event")
+    return problems
+
+
+def _validate_event(event: EventSettings, where: str) -> list[str]:
+    problems: list[str] = []
+    url = event.notification.callback.url
+    if event.notification.enabled:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(
+                f"{where}.notification.callback.url: must be an http(s) URL (got {url!r})"
+            )
+    poller = event.poller
+    try:
+        if float(poller.refresh_interval) <= 0:
+            problems.append(f"{where}.poller.refresh_interval: must be > 0")
+    except ValueError:
+        problems.append(
+            f"{where}.poller.refresh_interval: must be a number of minutes "
+            f"(got {poller.refresh_interval!r})"
+        )
+    try:
+        parse_resource_list(poller.urls)
+    except ValueError as exc:
+        problems.append(f"{where}.poller.urls: {exc}")
+    try:
+        since = poller.since_time
+    except ValueError as exc:
+        problems.append(f"{where}.poller.since: must be RFC 3339 ({exc})")
+    else:
+        if since is not None and since > dt.datetime.now(dt.UTC):
+            problems.append(f"{where}.poller.since: must not be in the future")
+    return problems

@@ -1,0 +1,69 @@
+"""The Prometheus metrics, one registry per daemon, names prefixed `qbo_events_`."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """Every metric the daemon exposes; components take this and count into it."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events_accepted = Counter(
+            "qbo_events_events_accepted",
+            "Events newly stored in the outbox",
+            ["source"],
+            registry=r,
+        )
+        self.events_duplicate = Counter(
+            "qbo_events_events_duplicate", "Events dropped as already seen", ["source"], registry=r
+        )
+        self.deliveries = Counter(
+            "qbo_events_deliveries",
+            "Delivery attempts by outcome (delivered, retry, dead)",
+            ["outcome"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "qbo_events_delivery_latency_seconds",
+            "From acceptance into the outbox to a 2xx from the receiver",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "qbo_events_outbox_depth", "Undelivered events in the outbox", registry=r
+        )
+        self.webhook_requests = Counter(
+            "qbo_events_webhook_requests", "Webhook requests by HTTP status", ["status"], registry=r
+        )
+        self.webhook_unknown_realm = Counter(
+            "qbo_events_webhook_unknown_realm_entities",
+            "Webhook entities for realms no instance serves",
+            registry=r,
+        )
+        self.poll_duration = Histogram(
+            "qbo_events_poll_duration_seconds",
+            "Duration of one poll of one resource",
+            ["instance", "resource"],
+            registry=r,
+        )
+        self.poll_lag = Gauge(
+            "qbo_events_poll_lag_seconds",
+            "Seconds between now and the resource's cursor",
+            ["instance", "resource"],
+            registry=r,
+        )
+        self.api_calls = Counter(
+            "qbo_events_quickbooks_api_calls",
+            "QuickBooks API calls by status",
+            ["status"],
+            registry=r,
+        )
+        self.needs_reauthorization = Gauge(
+            "qbo_events_needs_reauthorization",
+            "1 when the instance's refresh token was refused (invalid_grant)",
+            ["instance"],
+            registry=r,
+        )

@@ -1,0 +1,510 @@
+"""The durable SQLite outbox: accepted events, retries, dead letters, quarantine, cursors, tokens.
+
+This is the only module with SQL. One connection lives on one writer thread; callers hand it
+operations and await their futures. Operations that arrive while a transaction commits are
+committed together in the next one (group commit), so `durability = "full"` costs one fsync
+per batch, not per event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from qbo_events.errors import OutboxClosed, OutboxError, OutboxFull
+from qbo_events.events import Event
+
+T = TypeVar("T")
+Operation = Callable[[sqlite3.Connection], Any]
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    object_key TEXT NOT NULL,
+    body BLOB NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_at REAL NOT NULL,
+    accepted_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (instance, state, next_at);
+CREATE INDEX IF NOT EXISTS outbox_object ON outbox (object_key, seq);
+CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id);
+CREATE TABLE IF NOT EXISTS dedupe (
+    event_id TEXT PRIMARY KEY,
+    seen_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_seen ON dedupe (seen_at);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY,
+    received_at REAL NOT NULL,
+    reason TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cursors (
+    instance TEXT NOT NULL,
+    resource TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (instance, resource)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS tokens (
+    instance TEXT PRIMARY KEY,
+    body BLOB NOT NULL,
+    updated_at REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+PENDING: Final = "pending"
+DEAD: Final = "dead"
+
+
+class Row(msgspec.Struct, frozen=True):
+    """An outbox row handed to a sender."""
+
+    seq: int
+    attempts: int
+    accepted_at: float
+    event: Event
+
+
+class Listing(msgspec.Struct, frozen=True):
+    """A row as `deliveries list` shows it."""
+
+    seq: int
+    event_id: str
+    instance: str
+    object_type: str
+    object_id: str
+    event_type: str
+    state: str
+    attempts: int
+    next_at: float
+    last_error: str | None
+
+
+class Cursor(msgspec.Struct, frozen=True):
+    """A poll loop's new position, committed in the same transaction as the events it found."""
+
+    instance: str
+    resource: str
+    value: str
+
+
+class Counts(msgspec.Struct, frozen=True):
+    pending: int
+    retrying: int
+    dead: int
+    quarantined: int
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode_event = msgspec.msgpack.Decoder(Event).decode
+
+
+class Outbox:
+    """`async with Outbox(path) as outbox:` opens the database and its writer thread."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        durability: str = "full",
+        max_pending: int = 1_000_000,
+        dedupe_window: float = 7 * 86400.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.durability = durability
+        self.max_pending = max_pending
+        self.dedupe_window = dedupe_window
+        self._clock = clock
+        self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._accepting = False
+        self.pending = 0  # undelivered, not dead: what max_pending bounds
+        self.accepted = 0
+        self.duplicates = 0
+        self.commits = 0
+        self.writable = False
+        self._last_prune = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Outbox:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        conn = _connect(self.path, self.durability)
+        self._thread = threading.Thread(
+            target=self._serve, args=(conn,), name="outbox-writer", daemon=True
+        )
+        self._thread.start()
+        self.pending = await self._run(_count_pending)
+        self._accepting = True
+        self.writable = True
+
+    def stop_intake(self) -> None:
+        """From now on, accept() raises OutboxClosed; delivery bookkeeping still works."""
+        self._accepting = False
+
+    async def close(self) -> None:
+        self._accepting = False
+        if self._thread is None:
+            return
+        self._ops.put(None)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+        self.writable = False
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._ops.get()
+                if first is None:
+                    return
+                batch = [first]
+                stop = False
+                while True:
+                    try:
+                        item = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        stop = True
+                        break
+                    batch.append(item)
+                self._commit(conn, batch)
+                if stop:
+                    return
+        finally:
+            conn.close()
+
+    def _commit(
+        self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]
+    ) -> None:
+        outcomes: list[tuple[bool, Any]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op, _ in batch:
+                # A savepoint per operation: one failing operation must not undo its batch-mates.
+                conn.execute("SAVEPOINT op")
+                try:
+                    outcomes.append((True, op(conn)))
+                    conn.execute("RELEASE op")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((False, exc))
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            error = OutboxError(f"outbox commit failed: {exc}")
+            outcomes = [(False, error)] * len(batch)
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(_settle, [f for _, f in batch], outcomes)
+
+    async def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        if self._thread is None or self._loop is None:
+            raise OutboxClosed("the outbox is closed")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._ops.put((op, future))
+        # Shielded: the operation commits whether or not its caller is still waiting.
+        return await asyncio.shield(future)
+
+    # -- intake --------------------------------------------------------------------------------
+
+    async def accept(self, events: Sequence[Event], *, cursor: Cursor | None = None) -> int:
+        """Store events (skipping ones seen within the dedupe window) and optionally a cursor,
+        in one transaction. Returns how many were new. Raises OutboxFull or OutboxClosed."""
+        if not self._accepting:
+            raise OutboxClosed("the daemon is shutting down")
+        if events and self.pending >= self.max_pending:
+            raise OutboxFull(f"{self.pending} undelivered events (max_pending {self.max_pending})")
+        now = self._clock()
+        rows = [(e.event_id, e.instance, e.object_key, _encode(e)) for e in events]
+
+        def op(conn: sqlite3.Connection) -> int:
+            new = 0
+            for event_id, instance, key, body in rows:
+                seen = conn.execute(
+                    "INSERT OR IGNORE INTO dedupe (event_id, seen_at) VALUES (?, ?)",
+                    (event_id, now),
+                )
+                if seen.rowcount:
+                    conn.execute(
+                        "INSERT INTO outbox (event_id, instance, object_key, body, next_at,"
+                        " accepted_at) VALUES (?, ?, ?, ?, ?, ?)",
+                        (event_id, instance, key, body, now, now),
+                    )
+                    new += 1
+            if cursor is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO cursors (instance, resource, cursor, updated_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (cursor.instance, cursor.resource, cursor.value, now),
+                )
+            return new
+
+        new = await self._run(op)
+        self.pending += new
+        self.accepted += new
+        self.duplicates += len(rows) - new
+        if now - self._last_prune > 3600:
+            self._last_prune = now
+            await self._run(_prune(now - self.dedupe_window))
+        return new
+
+    async def quarantine(self, body: bytes, reason: str) -> None:
+        now = self._clock()
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT INTO quarantine (received_at, reason, body) VALUES (?, ?, ?)",
+                (now, reason, body),
+            )
+        )
+
+    # -- cursors and tokens --------------------------------------------------------------------
+
+    async def get_cursor(self, instance: str, resource: str) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(
+                "SELECT cursor FROM cursors WHERE instance = ? AND resource = ?",
+                (instance, resource),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return await self._run(op)
+
+    async def load_blob(self, table_key: str) -> bytes | None:
+        def op(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute(
+                "SELECT body FROM tokens WHERE instance = ?", (table_key,)
+            ).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return await self._run(op)
+
+    async def save_blob(self, table_key: str, body: bytes) -> None:
+        now = self._clock()
+        await self._run(
+            lambda conn: conn.execute(
+                "INSERT OR REPLACE INTO tokens (instance, body, updated_at) VALUES (?, ?, ?)",
+                (table_key, body, now),
+            )
+        )
+
+    # -- delivery ------------------------------------------------------------------------------
+
+    async def due(
+        self, instance: str, limit: int, skip: Iterable[int] = ()
+    ) -> tuple[list[Row], float | None]:
+        """Up to `limit` rows of `instance` that may be sent now, oldest first, leaving out the
+        rows in `skip` (in flight) and rows waiting behind an earlier row of the same object.
+        Also returns when the next not-yet-due row of the instance falls due, if any."""
+        now = self._clock()
+        skipping = set(skip)
+
+        def op(conn: sqlite3.Connection) -> tuple[list[Row], float | None]:
+            cur = conn.execute(
+                "SELECT seq, attempts, accepted_at, body FROM outbox AS o"
+                " WHERE instance = ? AND state = 'pending' AND next_at <= ?"
+                " AND NOT EXISTS (SELECT 1 FROM outbox AS p WHERE p.object_key = o.object_key"
+                "   AND p.seq < o.seq AND p.state = 'pending')"
+                " ORDER BY next_at, seq LIMIT ?",
+                (instance, now, limit + len(skipping)),
+            )
+            rows = [
+                Row(seq, attempts, accepted_at, _decode_event(body))
+                for seq, attempts, accepted_at, body in cur
+                if seq not in skipping
+            ][:limit]
+            later = conn.execute(
+                "SELECT MIN(next_at) FROM outbox WHERE instance = ? AND state = 'pending'"
+                " AND next_at > ?",
+                (instance, now),
+            ).fetchone()[0]
+            return rows, later
+
+        return await self._run(op)
+
+    async def instances_with_work(self) -> dict[str, float]:
+        """Each instance that has undelivered rows, with its earliest next attempt."""
+
+        def op(conn: sqlite3.Connection) -> dict[str, float]:
+            return dict(
+                conn.execute(
+                    "SELECT instance, MIN(next_at) FROM outbox WHERE state = 'pending'"
+                    " GROUP BY instance"
+                ).fetchall()
+            )
+
+        return await self._run(op)
+
+    async def delivered(self, seq: int) -> None:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
+
+        if await self._run(op):
+            self.pending -= 1
+
+    async def retry_later(self, seq: int, attempts: int, next_at: float, error: str) -> None:
+        await self._run(
+            lambda conn: conn.execute(
+                "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
+                (attempts, next_at, error[:500], seq),
+            )
+        )
+
+    async def dead_letter(self, seq: int, attempts: int, error: str) -> None:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE outbox SET state = 'dead', attempts = ?, last_error = ?"
+                " WHERE seq = ? AND state = 'pending'",
+                (attempts, error[:500], seq),
+            ).rowcount
+
+        if await self._run(op):
+            self.pending -= 1
+
+    # -- inspection and repair -----------------------------------------------------------------
+
+    async def counts(self) -> Counts:
+        def op(conn: sqlite3.Connection) -> Counts:
+            pending, retrying, dead = conn.execute(
+                "SELECT"
+                " COALESCE(SUM(state = 'pending' AND attempts = 0), 0),"
+                " COALESCE(SUM(state = 'pending' AND attempts > 0), 0),"
+                " COALESCE(SUM(state = 'dead'), 0) FROM outbox"
+            ).fetchone()
+            quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+            return Counts(pending, retrying, dead, quarantined)
+
+        return await self._run(op)
+
+    async def listing(self, *, dead: bool, instance: str | None, limit: int) -> list[Listing]:
+        def op(conn: sqlite3.Connection) -> list[Listing]:
+            sql = "SELECT seq, event_id, instance, state, attempts, next_at, last_error, body"
+            sql += " FROM outbox WHERE state = ?"
+            args: list[Any] = [DEAD if dead else PENDING]
+            if instance:
+                sql += " AND instance = ?"
+                args.append(instance)
+            sql += " ORDER BY seq LIMIT ?"
+            args.append(limit)
+            result = []
+            for seq, event_id, inst, state, attempts, next_at, error, body in conn.execute(
+                sql, args
+            ):
+                event = _decode_event(body)
+                result.append(
+                    Listing(
+                        seq=seq,
+                        event_id=event_id,
+                        instance=inst,
+                        object_type=event.object_type,
+                        object_id=event.change.object_id,
+                        event_type=event.change.event_type.value,
+                        state=state,
+                        attempts=attempts,
+                        next_at=next_at,
+                        last_error=error,
+                    )
+                )
+            return result
+
+        return await self._run(op)
+
+    async def requeue_dead(self, *, instance: str | None, event_id: str | None) -> int:
+        now = self._clock()
+
+        def op(conn: sqlite3.Connection) -> int:
+            sql = "UPDATE outbox SET state = 'pending', attempts = 0, next_at = ?"
+            sql += " WHERE state = 'dead'"
+            args: list[Any] = [now]
+            if instance:
+                sql += " AND instance = ?"
+                args.append(instance)
+            if event_id:
+                sql += " AND event_id = ?"
+                args.append(event_id)
+            return conn.execute(sql, args).rowcount
+
+        count = await self._run(op)
+        self.pending += count
+        return count
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "undelivered": self.pending,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "commits": self.commits,
+            "writable": self.writable,
+        }
+
+    def __repr__(self) -> str:
+        return f"<Outbox {self.path} pending={self.pending} commits={self.commits}>"
+
+
+def _settle(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]]) -> None:
+    for future, (ok, value) in zip(futures, outcomes, strict=True):
+        if future.cancelled():
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _count_pending(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
+
+
+def _prune(before: float) -> Operation:
+    return lambda conn: conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (before,))
+
+
+def prepare_state_dir(path: Path) -> None:
+    """The state directory is 0700: it holds tokens and the events' raw bodies."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _connect(path: Path, durability: str) -> sqlite3.Connection:
+    prepare_state_dir(path.parent)
+    # Create the file 0600 before SQLite does; its -wal and -shm files copy these permissions.
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    conn.executescript(_SCHEMA)
+    return conn

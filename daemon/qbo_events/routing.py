@@ -1,0 +1,46 @@
+"""Which instances a change goes to: the realm and resource table built from the config."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from qbo_events.config import Config
+from qbo_events.events import Change, Event, make_event
+from qbo_events.quickbooks.resources import object_type
+
+
+class Routes:
+    """Webhook fan-out: realm -> instances taking webhooks, each with its resource filter."""
+
+    def __init__(self, config: Config) -> None:
+        self._by_realm: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
+        for inst in config.instances:
+            if not inst.takes_webhooks:
+                continue
+            urls = inst.event.poller.urls
+            wanted = frozenset(inst.event.poller.resources) if urls else None
+            self._by_realm.setdefault(inst.realm_id, []).append((inst.name, wanted))
+
+    def serves(self, realm_id: str) -> bool:
+        return realm_id in self._by_realm
+
+    def events(self, changes: Iterable[Change]) -> tuple[list[Event], int]:
+        """The events of these changes, and how many changes had no realm served here."""
+        events: list[Event] = []
+        unknown = 0
+        for change in changes:
+            targets = self._by_realm.get(change.realm_id)
+            if targets is None:
+                unknown += 1
+                continue
+            kind = object_type(change.entity)
+            events += [
+                make_event(name, kind, change)
+                for name, wanted in targets
+                if wanted is None or kind in wanted
+            ]
+        return events, unknown
+
+
+def poll_events(instance: str, resource: str, changes: Sequence[Change]) -> list[Event]:
+    return [make_event(instance, resource, change) for change in changes]

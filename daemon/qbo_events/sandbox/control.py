@@ -1,0 +1,153 @@
+"""The control API under /_sandbox/ that tests and the demo use to drive and inspect the sandbox."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from .responses import json_response
+from .state import STATE, State
+
+
+class ChangeRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    entity: str
+    operation: str
+    realm_id: str | None = None
+    count: int = 1
+    id: str | None = None  # a chosen object; otherwise a random eligible one
+
+
+class FaultRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    throttle: int | None = None  # 429 for the next N API calls
+    errors: int | None = None  # `error_status` for the next N API calls
+    error5xx: int | None = None  # the same as `errors`
+    error_status: int | None = None  # 500 or 503
+    slow: float | None = None  # seconds added to every API answer
+    expire_tokens: bool | str | None = None  # true: every realm; or one realm id
+    revoke: bool | str | None = None  # true: every realm; or one realm id
+    max_per_second: int | None = None
+    max_per_minute: int | None = None
+
+
+T = TypeVar("T")
+
+
+def _bad(message: str) -> web.Response:
+    return json_response({"error": message}, status=400)
+
+
+async def _decode(request: web.Request, kind: type[T]) -> T | web.Response:
+    try:
+        return msgspec.json.decode(await request.read() or b"{}", type=kind)
+    except msgspec.ValidationError as error:
+        return _bad(str(error))
+    except msgspec.DecodeError as error:
+        return _bad(f"invalid JSON: {error}")
+
+
+async def post_changes(request: web.Request) -> web.Response:
+    wanted = await _decode(request, ChangeRequest)
+    if isinstance(wanted, web.Response):
+        return wanted
+    try:
+        made = request.app[STATE].make_changes(
+            wanted.realm_id, wanted.entity, wanted.operation, wanted.count, wanted.id
+        )
+    except (KeyError, ValueError) as error:
+        return _bad(str(error.args[0]) if error.args else str(error))
+    return json_response({"changes": msgspec.to_builtins(made)})
+
+
+async def get_changes(request: web.Request) -> web.Response:
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        return _bad("after must be an integer (a change's seq)")
+    records = request.app[STATE].log.records(request.query.get("realm_id"), after)
+    return json_response({"changes": msgspec.to_builtins(records)})
+
+
+def apply_faults(state: State, wanted: FaultRequest) -> None:
+    faults = state.faults
+    if wanted.throttle is not None:
+        faults.throttle = wanted.throttle
+    for count in (wanted.errors, wanted.error5xx):
+        if count is not None:
+            faults.errors = count
+    if wanted.error_status is not None:
+        faults.error_status = wanted.error_status
+    if wanted.slow is not None:
+        faults.slow = wanted.slow
+    if wanted.max_per_second is not None:
+        state.limiter.per_second = wanted.max_per_second
+    if wanted.max_per_minute is not None:
+        state.limiter.per_minute = wanted.max_per_minute
+    if wanted.expire_tokens:
+        realm = wanted.expire_tokens if isinstance(wanted.expire_tokens, str) else None
+        state.tokens.expire_access_tokens(realm)
+    if wanted.revoke:
+        state.tokens.revoke(wanted.revoke if isinstance(wanted.revoke, str) else None)
+
+
+async def post_faults(request: web.Request) -> web.Response:
+    wanted = await _decode(request, FaultRequest)
+    if isinstance(wanted, web.Response):
+        return wanted
+    state = request.app[STATE]
+    for realm in (wanted.expire_tokens, wanted.revoke):
+        if isinstance(realm, str) and realm not in state.companies:
+            return _bad(f"unknown realm {realm!r}")
+    apply_faults(state, wanted)
+    return json_response(state.faults.state())
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE].faults.state())
+
+
+async def get_stats(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE].stats())
+
+
+async def flush_webhooks(request: web.Request) -> web.Response:
+    emitter = request.app[STATE].emitter
+    if emitter is None:
+        return _bad("no webhook_url is set")
+    emitter.flush()
+    return json_response(emitter.stats())
+
+
+async def post_generator(request: web.Request) -> web.Response:
+    try:
+        body: Any = orjson.loads(await request.read() or b"{}")
+        rate = float(body["rate"])
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        return _bad('expected {"rate": <changes per second>}')
+    generator = request.app[STATE].generator
+    generator.set_rate(rate)
+    return json_response({"rate": generator.rate, "made": generator.made})
+
+
+async def post_connect(request: web.Request) -> web.Response:
+    try:
+        body: Any = orjson.loads(await request.read() or b"{}")
+        connection = request.app[STATE].connect(body.get("realm_id"))
+    except (orjson.JSONDecodeError, AttributeError):
+        return _bad('expected {"realm_id": "..."}')
+    except KeyError as error:
+        return _bad(str(error.args[0]))
+    return json_response(connection)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/_sandbox/changes", post_changes, name="control-changes")
+    app.router.add_get("/_sandbox/changes", get_changes, name="control-change-log")
+    app.router.add_post("/_sandbox/faults", post_faults, name="control-faults")
+    app.router.add_get("/_sandbox/faults", get_faults, name="control-fault-state")
+    app.router.add_get("/_sandbox/stats", get_stats, name="control-stats")
+    app.router.add_post("/_sandbox/webhooks/flush", flush_webhooks, name="control-flush")
+    app.router.add_post("/_sandbox/generator", post_generator, name="control-generator")
+    app.router.add_post("/_sandbox/connect", post_connect, name="control-connect")

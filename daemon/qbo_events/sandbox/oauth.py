@@ -1,0 +1,108 @@
+"""The OAuth endpoints: token (refresh and code grants), revoke, and a discovery document."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from urllib.parse import unquote_plus
+
+from aiohttp import hdrs, web
+
+from .auth import InvalidClient, InvalidGrant
+from .responses import json_response
+from .state import STATE
+
+TOKEN_PATH = "/oauth2/v1/tokens/bearer"
+REVOKE_PATH = "/oauth2/v1/tokens/revoke"
+
+
+def _client(request: web.Request, form: dict[str, str]) -> tuple[str, str]:
+    """Basic auth (client_secret_basic) or form fields (client_secret_post); both are used."""
+    header = request.headers.get(hdrs.AUTHORIZATION, "")
+    if header.lower().startswith("basic "):
+        try:
+            decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return "", ""
+        client_id, _, client_secret = decoded.partition(":")
+        # RFC 6749 2.3.1: both halves are form-encoded before they are joined.
+        return unquote_plus(client_id), unquote_plus(client_secret)
+    return form.get("client_id", ""), form.get("client_secret", "")
+
+
+def _oauth_error(error: str, description: str | None, status: int) -> web.Response:
+    body = (
+        {"error": error}
+        if description is None
+        else {"error_description": description, "error": error}
+    )
+    return json_response(body, status=status)
+
+
+async def _form(request: web.Request) -> dict[str, str]:
+    return {key: str(value) for key, value in (await request.post()).items()}
+
+
+async def token(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    form = await _form(request)
+    try:
+        state.tokens.check_client(*_client(request, form))
+    except InvalidClient:
+        return _oauth_error("invalid_client", None, 401)
+    grant_type = form.get("grant_type", "")
+    try:
+        if grant_type == "refresh_token":
+            if not form.get("refresh_token"):
+                return _oauth_error("invalid_request", "refresh_token is missing", 400)
+            body = state.tokens.refresh(form["refresh_token"])
+        elif grant_type == "authorization_code":
+            if not form.get("code"):
+                return _oauth_error("invalid_request", "code is missing", 400)
+            body = state.tokens.exchange_code(form["code"])
+        else:
+            return _oauth_error("unsupported_grant_type", None, 400)
+    except InvalidGrant as error:
+        return _oauth_error("invalid_grant", str(error), 400)
+    response = json_response(body)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    return response
+
+
+async def revoke(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if request.content_type == "application/json":
+        raw = await request.json()
+        form = {k: str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    else:
+        form = await _form(request)
+    try:
+        state.tokens.check_client(*_client(request, form))
+    except InvalidClient:
+        return _oauth_error("invalid_client", None, 401)
+    state.tokens.revoke_token(form.get("token", ""))
+    return web.Response(status=200)
+
+
+async def discovery(request: web.Request) -> web.Response:
+    """Lets Intuit's own OAuth client (whose `environment` may be a discovery URL) find us."""
+    base = str(request.url.origin())
+    return json_response(
+        {
+            "issuer": base,
+            "authorization_endpoint": f"{base}/connect/oauth2",
+            "token_endpoint": f"{base}{TOKEN_PATH}",
+            "revocation_endpoint": f"{base}{REVOKE_PATH}",
+            "userinfo_endpoint": f"{base}/v1/openid_connect/userinfo",
+            "jwks_uri": f"{base}/op/v1/jwks",
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+        }
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(TOKEN_PATH, token, name="token")
+    app.router.add_post(REVOKE_PATH, revoke, name="revoke")
+    for path in ("/.well-known/openid_configuration", "/.well-known/openid_sandbox_configuration"):
+        app.router.add_get(path, discovery, name=path.rsplit("/", 1)[1].replace("_", "-"))

@@ -1,0 +1,312 @@
+"""The bounded pool of async senders that drains the outbox into signed callback deliveries.
+
+A dispatcher picks the rows that may go now (due, not behind an undelivered earlier event of the
+same object, endpoint under its in-flight cap) and starts one short task per delivery in the
+sender's task group, never more than `delivery.workers` at once. A waiting retry is a row with a
+future `next_at`, not a sleeping task, so it holds no sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+import msgspec
+import structlog
+
+from qbo_events import __version__
+from qbo_events.config import Config, DeliveryConfig
+from qbo_events.errors import DeliveryError, DeliveryRejected, DeliveryTimeout, OutboxError
+from qbo_events.metrics import Metrics
+from qbo_events.outbox import Outbox, Row
+from qbo_events.sinks import payload, retry, signing
+
+log = structlog.get_logger("qbo_events.sender")
+
+# Rows of instances the config no longer names are re-examined this often, in case a reload
+# brings them back; until then they stay in the outbox.
+_ORPHAN_RECHECK = 60.0
+# Rows changed behind the daemon's back (`deliveries retry` from another process) are found
+# by a full rescan this often.
+_RESCAN = 15.0
+
+
+class Target(msgspec.Struct, frozen=True):
+    """Where and how one instance's events are delivered."""
+
+    instance: str
+    url: str
+    key: bytes | None
+    tags: tuple[str, ...]
+
+    @property
+    def endpoint(self) -> str:
+        parts = urlsplit(self.url)
+        return f"{parts.scheme}://{parts.netloc}"
+
+
+def targets_from(config: Config) -> dict[str, Target]:
+    return {
+        inst.name: Target(
+            instance=inst.name,
+            url=inst.callback_url,
+            key=signing.key_bytes(inst.signature_key) if inst.signature_key else None,
+            tags=tuple(inst.tags),
+        )
+        for inst in config.instances
+        if inst.event.notification.enabled
+    }
+
+
+class Sender:
+    def __init__(
+        self,
+        outbox: Outbox,
+        http: aiohttp.ClientSession,
+        *,
+        delivery: DeliveryConfig,
+        targets: Mapping[str, Target],
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._outbox = outbox
+        self._http = http
+        self._metrics = metrics
+        self._clock = clock
+        self._delivery = delivery
+        self._targets: dict[str, Target] = dict(targets)
+        self._wakeup = asyncio.Event()
+        self._next_due: dict[str, float] = {}
+        self._inflight: dict[str, set[int]] = defaultdict(set)
+        self._endpoint_busy: dict[str, int] = defaultdict(int)
+        self._busy = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.running = False
+        self.delivered = 0
+        self.failed = 0
+        self.dead = 0
+        self.last_dispatch_at = 0.0
+
+    # -- control -------------------------------------------------------------------------------
+
+    def configure(self, delivery: DeliveryConfig, targets: Mapping[str, Target]) -> None:
+        """Apply a reload: new URLs, keys and limits hold from the next attempt on. Targets of
+        removed instances are kept so that their accepted events are still delivered."""
+        self._delivery = delivery
+        self._targets.update(targets)
+        for name in targets:
+            self._next_due[name] = 0.0
+        self._wakeup.set()
+
+    def wake(self, instance: str) -> None:
+        """New rows of `instance` are in the outbox."""
+        self._next_due[instance] = 0.0
+        self._wakeup.set()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "in_flight": self._busy,
+            "delivered": self.delivered,
+            "failed_attempts": self.failed,
+            "dead_lettered": self.dead,
+            "endpoints_busy": {k: v for k, v in self._endpoint_busy.items() if v},
+        }
+
+    def __repr__(self) -> str:
+        return f"<Sender in_flight={self._busy} delivered={self.delivered} failed={self.failed}>"
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until `stop`; then give in-flight deliveries `shutdown_timeout` to finish
+        and cancel the rest, which stay in the outbox."""
+        self._next_due.update(await self._outbox.instances_with_work())
+        self.running = True
+        try:
+            async with asyncio.TaskGroup() as deliveries:
+                deliveries.create_task(self._wake_on(stop), name="sender-stop")
+                await self._dispatch(deliveries, stop)
+                if self._busy:
+                    log.info("draining deliveries", in_flight=self._busy)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self._delivery.shutdown_timeout):
+                            await self._idle.wait()
+                if self._busy:
+                    log.warning("deliveries cut off at shutdown", count=self._busy)
+                    raise _CutOff  # leaving the group by an exception cancels its tasks
+        except* _CutOff:
+            pass
+        finally:
+            self.running = False
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wakeup.set()
+
+    async def _dispatch(self, deliveries: asyncio.TaskGroup, stop: asyncio.Event) -> None:
+        last_rescan = self._clock()
+        while not stop.is_set():
+            self._wakeup.clear()
+            now = self._clock()
+            if now - last_rescan > _RESCAN:
+                last_rescan = now
+                for name, at in (await self._outbox.instances_with_work()).items():
+                    self._next_due[name] = min(self._next_due.get(name, math.inf), at)
+            try:
+                await self._round(deliveries, now)
+            except OutboxError as exc:
+                log.error("outbox unavailable to the senders", error=str(exc))
+                await self._sleep(1.0)
+                continue
+            self.last_dispatch_at = self._clock()
+            await self._sleep(self._sleep_for(self._clock()))
+
+    async def _sleep(self, seconds: float | None) -> None:
+        """Until woken (new rows, a finished delivery, stop) or `seconds` pass."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wakeup.wait()
+
+    def _sleep_for(self, now: float) -> float | None:
+        if self._busy >= self._delivery.workers:
+            return None  # a finishing delivery wakes us
+        waits = [
+            due - now
+            for name, due in self._next_due.items()
+            if not self._saturated(name) and name in self._targets
+        ]
+        return max(0.0, min([*waits, _RESCAN]))
+
+    def _saturated(self, name: str) -> bool:
+        target = self._targets.get(name)
+        if target is None:
+            return False
+        return self._endpoint_busy[target.endpoint] >= self._delivery.max_in_flight_per_endpoint
+
+    async def _round(self, deliveries: asyncio.TaskGroup, now: float) -> None:
+        for name, due in sorted(self._next_due.items(), key=lambda item: item[1]):
+            if due > now:
+                break
+            free = self._delivery.workers - self._busy
+            if free <= 0:
+                return
+            target = self._targets.get(name)
+            if target is None:
+                self._next_due[name] = now + _ORPHAN_RECHECK
+                log.warning("undelivered events of an instance not in the config", instance=name)
+                continue
+            free = min(
+                free,
+                self._delivery.max_in_flight_per_endpoint - self._endpoint_busy[target.endpoint],
+            )
+            if free <= 0:
+                continue
+            rows, later = await self._outbox.due(name, free, self._inflight[name])
+            if len(rows) < free:
+                self._next_due[name] = later if later is not None else math.inf
+            for row in rows:
+                self._start(deliveries, row, target)
+
+    def _start(self, deliveries: asyncio.TaskGroup, row: Row, target: Target) -> None:
+        self._busy += 1
+        self._idle.clear()
+        self._endpoint_busy[target.endpoint] += 1
+        self._inflight[target.instance].add(row.seq)
+        deliveries.create_task(self._deliver(row, target), name=f"deliver:{row.seq}")
+
+    async def _deliver(self, row: Row, target: Target) -> None:
+        try:
+            try:
+                await self._attempt(row, target)
+            except DeliveryError as exc:
+                await self._failed(row, exc)
+            else:
+                await self._outbox.delivered(row.seq)
+                self.delivered += 1
+                self._metrics.deliveries.labels("delivered").inc()
+                self._metrics.delivery_latency.observe(self._clock() - row.accepted_at)
+        except OutboxError as exc:
+            log.error("could not record a delivery outcome", seq=row.seq, error=str(exc))
+        finally:
+            self._busy -= 1
+            self._endpoint_busy[target.endpoint] -= 1
+            self._inflight[target.instance].discard(row.seq)
+            # Rows waiting behind this one (same object) may go now.
+            self._next_due[target.instance] = 0.0
+            if not self._busy:
+                self._idle.set()
+            self._wakeup.set()
+
+    async def _failed(self, row: Row, exc: DeliveryError) -> None:
+        attempts = row.attempts + 1
+        self.failed += 1
+        error = str(exc) or type(exc).__name__
+        delay = None
+        if not (isinstance(exc, DeliveryRejected) and exc.gone):
+            delay = retry.next_delay(
+                attempts, self._delivery.retry_schedule, retry_after=exc.retry_after
+            )
+        logger = log.bind(instance=row.event.instance, event_id=row.event.event_id)
+        if delay is None:
+            await self._outbox.dead_letter(row.seq, attempts, error)
+            self.dead += 1
+            self._metrics.deliveries.labels("dead").inc()
+            logger.warning("delivery dead-lettered", attempts=attempts, error=error)
+        else:
+            await self._outbox.retry_later(row.seq, attempts, self._clock() + delay, error)
+            self._metrics.deliveries.labels("retry").inc()
+            logger.info(
+                "delivery failed; will retry", attempts=attempts, delay=round(delay, 3), error=error
+            )
+
+    async def _attempt(self, row: Row, target: Target) -> None:
+        event = row.event
+        body, content_type = payload.render(
+            event, instance_name=target.instance, tags=target.tags, fmt=self._delivery.format
+        )
+        timestamp = int(time.time())
+        headers = {
+            "Content-Type": content_type,
+            "User-Agent": f"qbo-events/{__version__}",
+            "Elements-Webhook-Id": event.event_id,
+            "webhook-id": event.event_id,
+            "webhook-timestamp": str(timestamp),
+        }
+        if target.key is not None:
+            headers["Elements-Webhook-Signature"] = signing.elements_signature(target.key, body)
+            headers["webhook-signature"] = signing.standard_signature(
+                target.key, event.event_id, timestamp, body
+            )
+        try:
+            async with self._http.post(
+                target.url,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                timeout=aiohttp.ClientTimeout(total=self._delivery.timeout),
+            ) as response:
+                status = response.status
+                retry_after = retry.parse_retry_after(
+                    response.headers.get("Retry-After"), time.time()
+                )
+        except TimeoutError:
+            raise DeliveryTimeout(f"no answer within {self._delivery.timeout} s") from None
+        except aiohttp.ClientError as exc:
+            raise DeliveryError(f"{type(exc).__name__}: {exc}") from None
+        if not 200 <= status < 300:
+            raise DeliveryRejected(
+                status, retry_after=retry_after if status in (429, 503) else None
+            )
+
+
+class _CutOff(Exception):
+    """Raised inside the deliveries' group when the drain deadline passes."""

@@ -1,0 +1,103 @@
+"""The webhook listener: verify `intuit-signature`, normalize, fan out, store, then answer 200."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from qbo_events.errors import OutboxError
+from qbo_events.events import Source
+from qbo_events.metrics import Metrics
+from qbo_events.normalize import WebhookPayloadError, parse_webhook
+from qbo_events.outbox import Outbox
+from qbo_events.routing import Routes
+from qbo_events.sinks.signing import verify_intuit
+
+log = structlog.get_logger("qbo_events.webhooks")
+
+
+class WebhookListener:
+    """Holds what a reload may change (routes, verifier token) and counts what it saw."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        routes: Routes,
+        verifier_token: str,
+        metrics: Metrics,
+        on_accepted: Callable[[set[str]], None],
+    ) -> None:
+        self._outbox = outbox
+        self.routes = routes
+        self.verifier_token = verifier_token
+        self._metrics = metrics
+        self._on_accepted = on_accepted
+        self.accepting = True
+        self.counts: Counter[str] = Counter()
+
+    def app(self, path: str, max_body_bytes: int) -> web.Application:
+        # client_max_size makes request.read() answer 413 past the limit before buffering it.
+        app = web.Application(client_max_size=max_body_bytes)
+        app.router.add_post(path, self.handle)
+        return app
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self.counts)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        response = await self._handle(request)
+        self.counts[f"http_{response.status}"] += 1
+        self._metrics.webhook_requests.labels(str(response.status)).inc()
+        return response
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if not self.accepting:
+            return _json(503, "shutting down")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json(413, "body too large")
+        if not verify_intuit(self.verifier_token, body, request.headers.get("intuit-signature")):
+            log.warning("webhook with a missing or wrong intuit-signature", bytes=len(body))
+            return _json(401, "bad signature")
+        try:
+            changes = parse_webhook(body)
+        except WebhookPayloadError as exc:
+            return await self._quarantine(body, str(exc))
+        events, unknown = self.routes.events(changes)
+        if unknown:
+            self.counts["unknown_realm_entities"] += unknown
+            self._metrics.webhook_unknown_realm.inc(unknown)
+            realms = sorted({c.realm_id for c in changes if not self.routes.serves(c.realm_id)})
+            log.info("webhook entities for realms no instance serves", count=unknown, realms=realms)
+        try:
+            new = await self._outbox.accept(events)
+        except OutboxError as exc:
+            log.warning("webhook refused: the outbox cannot take it", reason=str(exc))
+            return _json(503, "cannot store now; retry later")
+        self.counts["entities"] += len(changes)
+        self._metrics.events_accepted.labels(Source.WEBHOOK.value).inc(new)
+        self._metrics.events_duplicate.labels(Source.WEBHOOK.value).inc(len(events) - new)
+        if new:
+            self._on_accepted({e.instance for e in events})
+        return _json(200, "ok")
+
+    async def _quarantine(self, body: bytes, reason: str) -> web.Response:
+        try:
+            await self._outbox.quarantine(body, reason)
+        except OutboxError as exc:
+            log.warning("webhook refused: cannot quarantine", reason=str(exc))
+            return _json(503, "cannot store now; retry later")
+        self.counts["quarantined"] += 1
+        log.warning("signed webhook body not understood; quarantined", reason=reason)
+        # 200, not 400: a 400 makes QuickBooks retry the whole batch forever.
+        return _json(200, "quarantined")
+
+
+def _json(status: int, message: str) -> web.Response:
+    return web.json_response({"status": message}, status=status)

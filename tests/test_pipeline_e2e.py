@@ -1,0 +1,285 @@
+"""End to end: signed webhooks into the daemon subprocess, signed deliveries out to a receiver."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+
+import orjson
+from cloudevents.v1.http import from_http
+from harness import (
+    DaemonProcess,
+    Receiver,
+    instance_toml,
+    intuit_sign,
+    legacy_body,
+    wait_for,
+)
+
+Factory = Callable[..., DaemonProcess]
+AT = "2026-11-27T13:04:47.657Z"
+
+
+def test_legacy_body_delivered_as_signed_open_connectors_events(
+    daemon_factory: Factory, receiver: Receiver
+) -> None:
+    d = daemon_factory(instance_toml("acme", "111", receiver.url)).start()
+    body = orjson.dumps(
+        {
+            "eventNotifications": [
+                {
+                    "realmId": "111",
+                    "dataChangeEvent": {
+                        "entities": [
+                            {
+                                "name": "Invoice",
+                                "id": "130",
+                                "operation": "Create",
+                                "lastUpdated": AT,
+                            },
+                            {
+                                "name": "Customer",
+                                "id": "7",
+                                "operation": "Merge",
+                                "lastUpdated": AT,
+                                "deletedId": "9",
+                            },
+                        ]
+                    },
+                },
+                {
+                    "realmId": "999",
+                    "dataChangeEvent": {
+                        "entities": [
+                            {"name": "Bill", "id": "1", "operation": "Delete", "lastUpdated": AT}
+                        ]
+                    },
+                },
+            ]
+        }
+    )
+    assert d.post(body) == 200
+    wait_for(lambda: receiver.count() == 3, what="3 deliveries")
+    assert receiver.bad_signatures == 0
+    events = {(e["objectType"], e["objectId"]): e for e in receiver.events()}
+    assert events[("invoices", "130")]["eventType"] == "CREATED"
+    assert events[("invoices", "130")]["date"] == "2026-11-27T13:04:47Z"
+    assert events[("customers", "7")]["eventType"] == "UPDATED"
+    assert events[("customers", "7")]["deletedId"] == "9"
+    assert events[("customers", "9")]["eventType"] == "DELETED"
+    assert events[("customers", "9")]["operation"] == "Merge"
+    delivery = receiver.deliveries[0]
+    message = delivery["body"]["message"]
+    assert message["instanceId"] == "acme" and message["realmId"] == "111"
+    assert message["instanceTags"] == ["Docs"] and message["source"] == "webhook"
+    assert message["raw"]["realmId"] == "111"
+    headers = delivery["headers"]
+    assert headers["Elements-Webhook-Id"] == headers["webhook-id"] == message["eventId"]
+    assert headers["User-Agent"].startswith("qbo-events/")
+    status = d.health("/status")[1]
+    assert status["webhooks"]["unknown_realm_entities"] == 1
+    assert d.stop() == 0
+
+
+def test_cloudevents_body_and_cloudevents_delivery_format(
+    daemon_factory: Factory, receiver: Receiver
+) -> None:
+    d = daemon_factory(
+        instance_toml("acme", "222", receiver.url), settings='[delivery]\nformat = "cloudevents"'
+    ).start()
+    body = orjson.dumps(
+        [
+            {
+                "specversion": "1.0",
+                "id": "a1",
+                "source": "intuit.x",
+                "type": "qbo.journalentry.created.v1",
+                "datacontenttype": "application/json",
+                "time": "2026-11-27T13:04:47.034359333Z",
+                "intuitentityid": "55",
+                "intuitaccountid": "222",
+                "data": {},
+            },
+            {
+                "specversion": "1.0",
+                "id": "a2",
+                "source": "intuit.x",
+                "type": "qbo.invoice.voided.v1",
+                "time": AT,
+                "intuitentityid": "56",
+                "intuitaccountid": "222",
+            },
+        ]
+    )
+    assert d.post(body, **{"Content-Type": "application/cloudevents+json"}) == 200
+    wait_for(lambda: receiver.count() == 2, what="2 deliveries")
+    assert receiver.bad_signatures == 0
+    by_subject = {}
+    for delivery in receiver.deliveries:
+        assert delivery["headers"]["Content-Type"] == "application/cloudevents+json"
+        event = from_http(delivery["headers"], delivery["raw"])
+        by_subject[event["subject"]] = event
+    assert by_subject["55"]["type"] == "com.quickbooks.journal-entries.created"
+    assert by_subject["55"]["source"] == "qbo-events/acme"
+    assert by_subject["55"].data["events"][0]["entity"] == "JournalEntry"
+    assert by_subject["56"]["type"] == "com.quickbooks.invoices.updated"
+    assert by_subject["56"].data["events"][0]["operation"] == "Void"
+
+
+def test_bad_requests_are_refused_and_store_nothing(
+    daemon_factory: Factory, receiver: Receiver
+) -> None:
+    d = daemon_factory(
+        instance_toml("acme", "333", receiver.url), settings="[http]\nmax_body_bytes = 4096"
+    ).start()
+    body = legacy_body("333", ("Invoice", "1", "Create", AT))
+    assert d.post(body, signature=intuit_sign(body, "wrong-token")) == 401
+    assert d.post(body, signature="") == 401
+    big = legacy_body("333", *[("Invoice", str(i), "Create", AT) for i in range(200)])
+    assert len(big) > 4096
+    assert d.post(big) == 413
+    garbage = b'{"eventNotifications": "not a list"}'
+    assert d.post(garbage) == 200
+    status = d.health("/status")[1]
+    assert status["outbox"]["accepted"] == 0
+    assert status["outbox"]["quarantined"] == 1
+    assert status["webhooks"]["http_401"] == 2
+    assert status["webhooks"]["http_413"] == 1
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(d.webhook_url, timeout=5)
+        raise AssertionError("GET should be refused")
+    except urllib.error.HTTPError as exc:
+        with exc:
+            assert exc.code == 405
+    assert receiver.count() == 0
+
+
+def test_same_body_twice_is_delivered_once(daemon_factory: Factory, receiver: Receiver) -> None:
+    d = daemon_factory(instance_toml("acme", "444", receiver.url)).start()
+    body = legacy_body("444", ("Vendor", "40", "Update", AT))
+    assert d.post(body) == 200
+    assert d.post(body) == 200
+    wait_for(lambda: receiver.count() >= 1, what="a delivery")
+    d.stop()  # drains; a second delivery, if any, would have happened by now
+    assert receiver.count() == 1
+    assert d.health is not None
+
+
+def test_receiver_down_then_kill9_then_everything_arrives(
+    daemon_factory: Factory,
+) -> None:
+    receiver = Receiver()  # not started: its port refuses connections
+    d = daemon_factory(
+        instance_toml("acme", "555", receiver.url),
+        settings="[delivery]\nretry_schedule = [1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]",
+    ).start()
+    for i in range(300):
+        assert d.post(legacy_body("555", ("Invoice", str(i), "Create", AT))) == 200
+    d.kill9()
+    receiver.start()
+    try:
+        d.start()
+        wait_for(lambda: len(set(receiver.ids())) == 300, timeout=60, what="300 deliveries")
+        assert receiver.bad_signatures == 0
+        assert {e["objectId"] for e in receiver.events()} == {str(i) for i in range(300)}
+    finally:
+        receiver.stop()
+
+
+def test_kill9_right_after_200_loses_nothing(daemon_factory: Factory) -> None:
+    receiver = Receiver()
+    d = daemon_factory(instance_toml("acme", "666", receiver.url)).start()
+    assert d.post(legacy_body("666", ("Payment", "77", "Create", AT))) == 200
+    d.kill9()
+    receiver.start()
+    try:
+        d.start()
+        wait_for(lambda: receiver.count() == 1, what="the delivery after restart")
+        assert receiver.events()[0]["objectId"] == "77"
+    finally:
+        receiver.stop()
+
+
+def test_events_of_one_object_keep_their_order_across_a_failed_attempt(
+    daemon_factory: Factory, receiver: Receiver
+) -> None:
+    first: dict[str, str] = {}
+
+    def plan(event_id: str, attempt: int) -> tuple[int, dict[str, str]]:
+        first.setdefault("id", event_id)
+        return (500, {}) if event_id == first["id"] and attempt == 1 else (200, {})
+
+    receiver.plan = plan
+    d = daemon_factory(instance_toml("acme", "777", receiver.url)).start()
+    body = legacy_body(
+        "777",
+        ("Invoice", "5", "Create", "2026-11-27T13:00:00Z"),
+        ("Invoice", "5", "Update", "2026-11-27T13:00:01Z"),
+        ("Invoice", "5", "Delete", "2026-11-27T13:00:02Z"),
+    )
+    assert d.post(body) == 200
+    wait_for(lambda: receiver.count() == 3, what="3 deliveries")
+    assert [e["eventType"] for e in receiver.events()] == ["CREATED", "UPDATED", "DELETED"]
+    assert receiver.attempts[first["id"]] == 2
+
+
+def test_410_dead_letters_and_retry_requeues(daemon_factory: Factory, receiver: Receiver) -> None:
+    gone = {"on": True}
+    receiver.plan = lambda _id, _n: (410, {}) if gone["on"] else (200, {})
+    d = daemon_factory(instance_toml("acme", "888", receiver.url)).start()
+    assert d.post(legacy_body("888", ("Bill", "3", "Create", AT))) == 200
+    wait_for(lambda: d.health("/status")[1]["outbox"]["dead"] == 1, what="a dead letter")
+    assert sum(receiver.attempts.values()) == 1
+    cli = [sys.executable, "-m", "qbo_events", "deliveries"]
+    listed = subprocess.run(
+        [*cli, "list", "--dead", "--config", str(d.config_path)], capture_output=True, text=True
+    )
+    assert listed.returncode == 0 and "bills/3" in listed.stdout and "HTTP 410" in listed.stdout
+    gone["on"] = False
+    again = subprocess.run(
+        [*cli, "retry", "--config", str(d.config_path)], capture_output=True, text=True
+    )
+    assert again.returncode == 0 and "re-queued 1" in again.stdout
+    wait_for(lambda: receiver.count() == 1, timeout=30, what="the re-queued delivery")
+
+
+def test_retry_after_is_honoured(daemon_factory: Factory, receiver: Receiver) -> None:
+    receiver.plan = lambda _id, n: (503, {"Retry-After": "2"}) if n == 1 else (200, {})
+    d = daemon_factory(instance_toml("acme", "121", receiver.url)).start()
+    assert d.post(legacy_body("121", ("Bill", "4", "Create", AT))) == 200
+    wait_for(lambda: receiver.count() == 1, what="the delivery")
+    first_failure_to_success = receiver.deliveries[0]["at"]
+    assert sum(receiver.attempts.values()) == 2
+    status = d.health("/status")[1]
+    assert status["deliveries"]["failed_attempts"] == 1
+    # The schedule says 0.2 s; Retry-After says 2 s, and wins.
+    assert first_failure_to_success > 0
+    metrics = d.health("/metrics")[1]
+    assert 'qbo_events_deliveries_total{outcome="retry"} 1.0' in metrics
+
+
+def test_max_pending_answers_503(daemon_factory: Factory) -> None:
+    receiver = Receiver()  # down: nothing leaves the outbox
+    d = daemon_factory(
+        instance_toml("acme", "131", receiver.url),
+        settings="[outbox]\nmax_pending = 5\n[delivery]\nretry_schedule = [60]",
+    ).start()
+    codes = [d.post(legacy_body("131", ("Item", str(i), "Create", AT))) for i in range(8)]
+    assert codes[:5] == [200] * 5
+    assert set(codes[5:]) == {503}
+    outbox = d.health("/status")[1]["outbox"]
+    assert outbox["undelivered"] == 5
+    assert outbox["pending"] + outbox["retrying"] == 5
+
+
+def test_sigterm_stops_intake_and_exits_zero(daemon_factory: Factory, receiver: Receiver) -> None:
+    d = daemon_factory(instance_toml("acme", "141", receiver.url)).start()
+    d.signal(signal.SIGTERM)
+    assert d.proc is not None
+    assert d.proc.wait(20) == 0
+    assert '"stopped"' in d.stderr()
