@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from harness import DaemonProcess, Receiver
+from harness import DaemonProcess, Receiver, SandboxProcess
 
 
 @pytest.fixture
@@ -33,3 +33,17 @@ def daemon_factory(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield make
     for d in made:
         d.close()
+
+
+@pytest.fixture
+def sandbox_factory(tmp_path: Path) -> Iterator[Callable[..., SandboxProcess]]:
+    made: list[SandboxProcess] = []
+
+    def make(**options: object) -> SandboxProcess:
+        s = SandboxProcess(tmp_path, **options)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close()

@@ -310,3 +310,86 @@ def legacy_body(realm: str, *entities: tuple[str, str, str, str]) -> bytes:
             ]
         }
     )
+
+
+SANDBOX_CLIENT_ID = "sandbox-client-id"
+SANDBOX_CLIENT_SECRET = "sandbox-client-secret-0123456789"
+
+
+class SandboxProcess:
+    """`qbo-events sandbox` as a subprocess, driven through its /_sandbox/ control API."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        realms: tuple[str, ...] = ("9341453908128517",),
+        webhook_url: str = "",
+        webhook_format: str = "legacy",
+        seed: int = 3,
+    ) -> None:
+        self.port = free_port()
+        self.realms = realms
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.token_url = f"{self.base_url}/oauth2/v1/tokens/bearer"
+        self.refresh_token = "sandbox-refresh-token-0123456789"
+        args = [
+            sys.executable, "-m", "qbo_events", "sandbox", "--port", str(self.port),
+            "--client-id", SANDBOX_CLIENT_ID, "--client-secret", SANDBOX_CLIENT_SECRET,
+            "--refresh-token", self.refresh_token, "--verifier-token", VERIFIER,
+            "--seed", str(seed), "--webhook-format", webhook_format, "--random-seed", "7",
+        ]  # fmt: skip
+        for realm in realms:
+            args += ["--realm-id", realm]
+        if webhook_url:
+            args += ["--webhook-url", webhook_url]
+        self._out = (tmp / f"sandbox-{self.port}.log").open("wb")
+        self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT)
+        wait_for(self._up, 20, "the sandbox to listen")
+
+    def _up(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"sandbox exited {self.proc.returncode}")
+        try:
+            self.control("GET", "/_sandbox/stats")
+            return True
+        except OSError:
+            return False
+
+    def control(self, method: str, path: str, body: Any = None) -> Any:
+        data = None if body is None else orjson.dumps(body)
+        request = urllib.request.Request(
+            self.base_url + path, data=data, method=method,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return orjson.loads(response.read())
+
+    def change(self, entity: str, operation: str, count: int = 1, **extra: Any) -> list[Any]:
+        body = {"entity": entity, "operation": operation, "count": count, **extra}
+        return list(self.control("POST", "/_sandbox/changes", body)["changes"])
+
+    def faults(self, **switches: Any) -> Any:
+        return self.control("POST", "/_sandbox/faults", switches)
+
+    def realm_refresh_token(self, realm: str) -> str:
+        return self.refresh_token if realm == self.realms[0] else f"{self.refresh_token}-{realm}"
+
+    def quickbooks_settings(self) -> str:
+        return (
+            "[quickbooks]\n"
+            f'client_id = "{SANDBOX_CLIENT_ID}"\n'
+            f'client_secret = "{SANDBOX_CLIENT_SECRET}"\n'
+            f'api_base_url = "{self.base_url}"\n'
+            f'token_url = "{self.token_url}"\n'
+        )
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self._out.close()

@@ -27,6 +27,7 @@ from qbo_events.ops import health_app
 from qbo_events.outbox import Outbox
 from qbo_events.routing import Routes
 from qbo_events.sinks.sender import Sender, targets_from
+from qbo_events.sources.pollers import Pollers
 from qbo_events.sources.webhooks import WebhookListener
 from qbo_events.systemd import Notifier
 
@@ -82,6 +83,8 @@ class Daemon:
         self._outbox: Outbox | None = None
         self._sender: Sender | None = None
         self._listener: WebhookListener | None = None
+        self._pollers: Pollers | None = None
+        self._api_calls_seen: dict[str, int] = {}
 
     # -- the whole lifetime --------------------------------------------------------------------
 
@@ -103,7 +106,7 @@ class Daemon:
             max_pending=config.outbox.max_pending,
             dedupe_window=config.outbox.dedupe_window_days * 86400,
         )
-        async with outbox, _client_session() as http:
+        async with outbox, _client_session() as http, aiohttp.ClientSession() as qbo_http:
             self._outbox = outbox
             sender = self._sender = Sender(
                 outbox,
@@ -119,6 +122,12 @@ class Daemon:
                 metrics=self.metrics,
                 on_accepted=self._wake_senders,
             )
+            pollers = self._pollers = Pollers(
+                outbox=outbox,
+                http=qbo_http,
+                metrics=self.metrics,
+                on_accepted=lambda name: self._wake_senders({name}),
+            )
             sinks_stop = asyncio.Event()
             sources_stop = asyncio.Event()
             await self._health_site.bind(self._health_app(), config.http.health_listen)
@@ -133,7 +142,7 @@ class Daemon:
                             await self._webhook_site.bind(
                                 self._webhook_app(config), config.http.webhook_listen
                             )
-                            del sources  # the pollers join this group
+                            sources.create_task(pollers.run(config, sources_stop), name="pollers")
                             self.notifier.ready()
                             self.notifier.status(self._summary())
                             log.info(
@@ -206,6 +215,8 @@ class Daemon:
         self._listener.verifier_token = new.quickbooks.webhook_verifier_token
         self._outbox.max_pending = new.outbox.max_pending
         self._sender.configure(new.delivery, targets_from(new))
+        if self._pollers is not None:
+            self._pollers.apply(new)
         self.config = new
 
     # -- wiring --------------------------------------------------------------------------------
@@ -243,6 +254,16 @@ class Daemon:
     async def _refresh_metrics(self) -> None:
         if self._outbox is not None:
             self.metrics.outbox_depth.set(self._outbox.pending)
+        if self._pollers is not None:
+            for name, refused in self._pollers.reauthorization_flags().items():
+                self.metrics.needs_reauthorization.labels(name).set(int(refused))
+            calls = self._pollers.client_stats().get("calls", {})
+            for status, count in calls.items():
+                # The client keeps plain counts; the Prometheus counter takes the increase.
+                seen = self._api_calls_seen.get(status, 0)
+                if count > seen:
+                    self.metrics.api_calls.labels(str(status)).inc(count - seen)
+                self._api_calls_seen[status] = count
 
     def _summary(self) -> str:
         pending = self._outbox.pending if self._outbox else 0
@@ -266,9 +287,11 @@ class Daemon:
                     "vendor_type": inst.event.vendor.type,
                     "callback_host": urlsplit(inst.callback_url).hostname,
                     "resources": {},
+                    **(self._pollers.instance_stats(inst.name) if self._pollers else {}),
                 }
                 for inst in config.instances
             },
+            "quickbooks": self._pollers.client_stats() if self._pollers else {},
             "webhooks": self._listener.stats() if self._listener else {},
             "outbox": {
                 **(self._outbox.stats() if self._outbox else {}),

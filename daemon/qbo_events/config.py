@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 import tomllib
@@ -375,13 +376,18 @@ def _validate_event(event: EventSettings, where: str) -> list[str]:
             )
     poller = event.poller
     try:
-        if float(poller.refresh_interval) <= 0:
-            problems.append(f"{where}.poller.refresh_interval: must be > 0")
+        minutes = float(poller.refresh_interval)
     except ValueError:
         problems.append(
             f"{where}.poller.refresh_interval: must be a number of minutes "
             f"(got {poller.refresh_interval!r})"
         )
+    else:
+        # nan and inf pass `<= 0` (TOML has both, and so does float("nan")); neither is a period.
+        if not math.isfinite(minutes):
+            problems.append(f"{where}.poller.refresh_interval: must be a finite number of minutes")
+        elif minutes <= 0:
+            problems.append(f"{where}.poller.refresh_interval: must be > 0")
     try:
         parse_resource_list(poller.urls)
     except ValueError as exc:

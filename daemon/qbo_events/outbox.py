@@ -23,6 +23,7 @@ import msgspec
 
 from qbo_events.errors import OutboxClosed, OutboxError, OutboxFull
 from qbo_events.events import Event
+from qbo_events.quickbooks.oauth import Tokens
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
@@ -301,21 +302,23 @@ class Outbox:
 
         return await self._run(op)
 
-    async def load_blob(self, table_key: str) -> bytes | None:
+    async def load_tokens(self, instance: str) -> Tokens | None:
         def op(conn: sqlite3.Connection) -> bytes | None:
-            row = conn.execute(
-                "SELECT body FROM tokens WHERE instance = ?", (table_key,)
-            ).fetchone()
+            row = conn.execute("SELECT body FROM tokens WHERE instance = ?", (instance,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        return await self._run(op)
+        body = await self._run(op)
+        return None if body is None else msgspec.json.decode(body, type=Tokens)
 
-    async def save_blob(self, table_key: str, body: bytes) -> None:
+    async def save_tokens(self, instance: str, tokens: Tokens) -> None:
+        """Committed (with durability full, fsynced) before it returns: a rotated refresh token
+        must never be used before it is safe on disk."""
         now = self._clock()
+        body = msgspec.json.encode(tokens)
         await self._run(
             lambda conn: conn.execute(
                 "INSERT OR REPLACE INTO tokens (instance, body, updated_at) VALUES (?, ?, ?)",
-                (table_key, body, now),
+                (instance, body, now),
             )
         )
 

@@ -105,7 +105,10 @@ async def test_a_401_after_a_refresh_is_an_auth_error(qbo) -> None:
     with pytest.raises(QuickBooksAuthError) as caught:
         await q.client.query(q.realm, q.tokens, ONE)
     assert caught.value.status == 401
-    assert "3200" in str(caught.value)
+    assert str(caught.value) == (
+        "access token refused after a refresh: AUTHENTICATION 3200: "
+        "message=AuthenticationFailed; errorCode=003200; statusCode=401"
+    )
     assert q.client.calls == {"401": 2}
     assert q.sandbox.stats()["token_refreshes"] == 2
 

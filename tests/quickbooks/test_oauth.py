@@ -227,3 +227,18 @@ async def test_a_failing_token_endpoint_is_unavailable_not_a_reconnect(qbo, make
         assert not tokens.needs_reauthorization
     finally:
         await runner.cleanup()
+
+
+@pytest.mark.anyio
+async def test_never_connected_needs_authorization(qbo, store, make_manager) -> None:
+    q = await qbo()
+    tokens = make_manager(q.sandbox, initial_refresh_token="")
+    with pytest.raises(NeedsReauthorization):
+        await tokens.access_token()
+    assert tokens.needs_reauthorization
+    assert q.sandbox.stats()["token_refreshes"] == 0
+
+    connection = q.sandbox.connect()
+    await store.save_tokens("acme", Tokens(refresh_token=connection["refresh_token"]))
+    assert await tokens.access_token()
+    assert not tokens.needs_reauthorization

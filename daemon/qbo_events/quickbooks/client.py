@@ -340,7 +340,8 @@ class QuickBooksClient:
             if answer.status == 401:
                 if refreshed:
                     raise QuickBooksAuthError(
-                        _describe("access token refused after a refresh", fault),
+                        # A 401's detail may quote the start of the refused token.
+                        _describe("access token refused after a refresh", fault, detail=False),
                         status=401,
                         intuit_tid=answer.intuit_tid,
                     )
@@ -423,11 +424,12 @@ def _interpret(answer: _Answer) -> tuple[dict[str, Any] | None, Fault | None]:
     return data, _json_fault(data)
 
 
-def _describe(what: str, fault: Fault | None) -> str:
+def _describe(what: str, fault: Fault | None, *, detail: bool = True) -> str:
     if fault is None:
         return what
-    parts = [p for p in (fault.type, fault.code, fault.message, fault.detail) if p]
-    return f"{what}: {' '.join(parts[:2])}: {'; '.join(parts[2:])}" if parts else what
+    head = " ".join(p for p in (fault.type, fault.code) if p)
+    tail = "; ".join(p for p in (fault.message, fault.detail if detail else "") if p)
+    return ": ".join(p for p in (what, head, tail) if p)
 
 
 def _fault_error(fault: Fault, status: int, intuit_tid: str) -> QuickBooksFault:

@@ -194,7 +194,7 @@ class TokenManager:
                 self._tokens = stored or Tokens(refresh_token=self._initial_refresh_token)
             if self._refused is not None:
                 # `qbo-events authorize` may have stored a new refresh token meanwhile.
-                if stored is None or stored.refresh_token == self._refused:
+                if stored is None or stored.refresh_token in (self._refused, ""):
                     raise NeedsReauthorization(
                         f"instance {self.instance}: QuickBooks refused the refresh token "
                         "(invalid_grant); run `qbo-events authorize` to connect the company again"
@@ -204,6 +204,12 @@ class TokenManager:
         return self._tokens
 
     async def _rotate(self, tokens: Tokens) -> Tokens:
+        if not tokens.refresh_token:
+            # Nothing configured and nothing stored: the company was never connected.
+            self._refused = ""
+            raise NeedsReauthorization(
+                f"instance {self.instance}: no refresh token; run `qbo-events authorize`"
+            )
         # The exchange and the save run as one shielded task: once Intuit has issued a new refresh
         # token, the old one is on its way out, so a cancelled caller must not lose the new one.
         task = asyncio.ensure_future(self._exchange_and_save(tokens))

@@ -1,0 +1,150 @@
+"""The polling loops, one per (instance, resource), started and stopped as the config says."""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import structlog
+
+from qbo_events.config import Config, Instance
+from qbo_events.metrics import Metrics
+from qbo_events.outbox import Outbox
+from qbo_events.quickbooks.client import QuickBooksClient
+from qbo_events.quickbooks.oauth import TokenManager, api_base_for, token_url_for
+from qbo_events.quickbooks.resources import BY_NAME
+from qbo_events.sources.poller import ResourceLoop
+
+log = structlog.get_logger("qbo_events.pollers")
+
+
+class Pollers:
+    """Owns the QuickBooks client, one TokenManager per polling instance, and the loops."""
+
+    def __init__(
+        self,
+        *,
+        outbox: Outbox,
+        http: aiohttp.ClientSession,
+        metrics: Metrics,
+        on_accepted: Callable[[str], None],
+    ) -> None:
+        self._outbox = outbox
+        self._http = http
+        self._metrics = metrics
+        self._on_accepted = on_accepted
+        self._client: QuickBooksClient | None = None
+        self._client_key: tuple[Any, ...] = ()
+        self._tokens: dict[str, TokenManager] = {}
+        self._token_key: dict[str, tuple[Any, ...]] = {}
+        self._loops: dict[tuple[str, str], ResourceLoop] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._config: Config | None = None
+
+    async def run(self, config: Config, stop: asyncio.Event) -> None:
+        """Run the loops of `config` (and of later `apply` calls) until `stop`."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            self.apply(config)
+            await stop.wait()
+            for loop in self._loops.values():
+                loop.stop.set()
+        self._group = None
+
+    def apply(self, config: Config) -> None:
+        """Start what is new, stop what is gone, hand changed settings to running loops."""
+        self._config = config
+        if self._group is None:
+            return
+        qb = config.quickbooks
+        client_key = (
+            api_base_for(qb.environment, qb.api_base_url),
+            qb.minor_version,
+            qb.requests_per_minute,
+            qb.max_concurrent_requests,
+        )
+        if self._client is None or client_key != self._client_key:
+            base, minor, per_minute, concurrent = client_key
+            self._client = QuickBooksClient(
+                http=self._http,
+                base_url=base,
+                minor_version=minor,
+                requests_per_minute=per_minute,
+                max_concurrent_requests=concurrent,
+            )
+            self._client_key = client_key
+        wanted: dict[tuple[str, str], Instance] = {}
+        for inst in config.instances:
+            if inst.polls:
+                for name in inst.event.poller.resources:
+                    wanted[(inst.name, name)] = inst
+        for key in [k for k in self._loops if k not in wanted]:
+            self._loops.pop(key).stop.set()
+            log.info("poll loop stopped", instance=key[0], resource=key[1])
+        polling = {inst.name: inst for inst in wanted.values()}
+        for name in [n for n in self._tokens if n not in polling]:
+            del self._tokens[name], self._token_key[name]
+        for inst in polling.values():
+            self._tokens_for(config, inst)
+        count = max(1, len(wanted))
+        for index, (key, inst) in enumerate(sorted(wanted.items())):
+            loop = self._loops.get(key)
+            tokens = self._tokens[inst.name]
+            if loop is not None and loop.tokens is tokens and loop.client is self._client:
+                loop.instance = inst  # a new interval or overlap applies from the next poll
+                continue
+            if loop is not None:
+                loop.stop.set()
+            loop = ResourceLoop(
+                instance=inst,
+                resource=BY_NAME[key[1]],
+                client=self._client,
+                tokens=tokens,
+                outbox=self._outbox,
+                metrics=self._metrics,
+                on_accepted=self._on_accepted,
+            )
+            self._loops[key] = loop
+            # Spread the first polls over the first interval, in a stable order.
+            share = (index + zlib.crc32(inst.name.encode()) % count) % count / count
+            first = inst.event.poller.interval_seconds * share
+            self._group.create_task(loop.run(first), name=f"poll:{key[0]}/{key[1]}")
+
+    def _tokens_for(self, config: Config, inst: Instance) -> None:
+        qb = config.quickbooks
+        key = (token_url_for(qb.token_url), qb.client_id, qb.client_secret, inst.refresh_token)
+        current = self._tokens.get(inst.name)
+        # A refused instance gets a fresh manager on reload: `authorize` may have stored a new
+        # refresh token meanwhile.
+        unchanged = current is not None and self._token_key[inst.name] == key
+        if unchanged and current is not None and not current.needs_reauthorization:
+            return
+        self._tokens[inst.name] = TokenManager(
+            instance=inst.name,
+            http=self._http,
+            token_url=key[0],
+            client_id=qb.client_id,
+            client_secret=qb.client_secret,
+            store=self._outbox,
+            initial_refresh_token=inst.refresh_token,
+        )
+        self._token_key[inst.name] = key
+
+    def instance_stats(self, name: str) -> dict[str, Any]:
+        tokens = self._tokens.get(name)
+        resources = {res: loop.stats() for (inst, res), loop in self._loops.items() if inst == name}
+        result: dict[str, Any] = {"resources": resources}
+        if tokens is not None:
+            result["tokens"] = tokens.stats()
+            if tokens.needs_reauthorization:
+                result["state"] = "needs re-authorization"
+        return result
+
+    def client_stats(self) -> dict[str, Any]:
+        return self._client.stats() if self._client is not None else {}
+
+    def reauthorization_flags(self) -> dict[str, bool]:
+        return {name: t.needs_reauthorization for name, t in self._tokens.items()}
