@@ -406,9 +406,10 @@ async def _loadgen(a: argparse.Namespace) -> dict[str, Any]:
         window_start = start + a.warmup
         end = window_start + a.duration
         measured = 0
+        total_ok = 0
 
         async def one(body: bytes, first_id: str) -> None:
-            nonlocal errors, measured
+            nonlocal errors, measured, total_ok
             sent = time.monotonic()
             if a.record:
                 sends[first_id] = sent
@@ -418,6 +419,7 @@ async def _loadgen(a: argparse.Namespace) -> dict[str, Any]:
                 errors += 1
                 return
             done = time.monotonic()
+            total_ok += status == 200
             if window_start <= done <= end:
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
@@ -464,6 +466,7 @@ async def _loadgen(a: argparse.Namespace) -> dict[str, Any]:
         "p99_ms": percentile(latencies, 99) * 1000,
         "max_ms": max(latencies, default=float("nan")) * 1000,
         "bodies_sent": counter // a.per_body,
+        "ok_total": total_ok,
         "schedule_lag_p99_ms": percentile(lag, 99) * 1000 if lag else None,
         "start": start,
         "window_start": window_start,

@@ -372,6 +372,14 @@ class SandboxProcess:
     def faults(self, **switches: Any) -> Any:
         return self.control("POST", "/_sandbox/faults", switches)
 
+    def stats(self) -> Any:
+        return self.control("GET", "/_sandbox/stats")
+
+    def change_log(self, realm: str | None = None) -> list[Any]:
+        """Every change the sandbox made, oldest first (of one realm when given)."""
+        query = f"?realm_id={realm}" if realm else ""
+        return list(self.control("GET", f"/_sandbox/changes{query}")["changes"])
+
     def realm_refresh_token(self, realm: str) -> str:
         return self.refresh_token if realm == self.realms[0] else f"{self.refresh_token}-{realm}"
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 from harness import DaemonProcess, Receiver, SandboxProcess, instance_toml, wait_for
 
@@ -74,4 +76,76 @@ def test_creates_updates_deletes_of_invoices_and_time_activities(
     assert receiver.bad_signatures == 0
     assert len(receiver.ids()) == len(set(receiver.ids()))
     assert receiver.deliveries[0]["body"]["message"]["source"] == "polling"
+    assert d.stop() == 0
+
+
+# -- helpers for the tests below ------------------------------------------------------------------
+
+
+def loops(d: DaemonProcess, instance: str) -> dict[str, Any]:
+    return dict(d.health("/status")[1]["instances"][instance]["resources"])
+
+
+def wait_next_polls(d: DaemonProcess, instance: str, timeout: float = 20.0) -> None:
+    """Until every loop of `instance` has finished a poll that started after this call."""
+    marks = {name: loop["last_poll_at"] for name, loop in loops(d, instance).items()}
+
+    def polled() -> bool:
+        now = loops(d, instance)
+        return all(
+            (loop["last_poll_at"] or "") > (marks[name] or "")
+            and (loop["last_success_at"] or "") >= (loop["last_poll_at"] or "~")
+            for name, loop in now.items()
+        )
+
+    wait_for(polled, timeout, f"a further poll of every resource of {instance}")
+
+
+def duplicates(receiver: Receiver) -> int:
+    ids = receiver.ids()
+    return len(ids) - len(set(ids))
+
+
+def api_calls(sandbox: SandboxProcess, route: str) -> int:
+    """Calls the sandbox answered on one route (`cdc`, `query`, `token`), by any status."""
+    requests = sandbox.stats()["requests"]
+    return sum(n for key, n in requests.items() if key.rpartition(" ")[0] == route)
+
+
+# -- a burst beyond CDC's cap ---------------------------------------------------------------------
+
+
+def test_burst_beyond_the_cdc_cap_is_delivered_exactly_once(
+    sandbox_factory: Callable[..., SandboxProcess],
+    daemon_factory: Callable[..., DaemonProcess],
+    receiver: Receiver,
+) -> None:
+    sandbox = sandbox_factory()
+    d = daemon_factory(
+        polling_instance(sandbox, "acme", receiver.url, '["invoices"]', interval=0.1),
+        settings=sandbox.quickbooks_settings(),
+    ).start()
+    wait_first_polls(d, "acme", 1)
+    cdc_before, query_before = api_calls(sandbox, "cdc"), api_calls(sandbox, "query")
+    # The whole burst lands well inside the 6 s interval, so one poll meets all of it: CDC
+    # answers 1,000 of the 2,503 and the poller has to complete the window with paged Query.
+    began = time.monotonic()
+    changes = sandbox.change("Invoice", "Create", 2500)
+    for seeded in ("1", "2", "3"):
+        changes += sandbox.change("Invoice", "Update", 1, id=seeded)
+    assert time.monotonic() - began < 2.0, "the burst must fit well inside one poll interval"
+    assert len({c["object_id"] for c in changes}) == 2503
+
+    want = expected(changes, "invoices")
+    wait_for(lambda: receiver.count() >= len(want), timeout=30, what="2,503 deliveries")
+    assert delivered(receiver) == want
+    # The burst was read by one CDC call at its cap, completed by at least three Query pages.
+    assert api_calls(sandbox, "cdc") - cdc_before >= 1
+    assert api_calls(sandbox, "query") - query_before >= 3
+    # A later poll re-reads the overlap; nothing is delivered twice.
+    wait_next_polls(d, "acme")
+    assert receiver.count() == len(want) == 2503
+    assert duplicates(receiver) == 0
+    assert receiver.bad_signatures == 0
+    assert loops(d, "acme")["invoices"]["last_error"] is None
     assert d.stop() == 0

@@ -164,6 +164,10 @@ class Daemon:
         log.info("stopped", undelivered=counts["undelivered"])
         return 0
 
+    def request_stop(self) -> None:
+        """Stop as SIGTERM would; for callers that run the daemon in their own process."""
+        self._signals.put_nowait("stop")
+
     async def _control(self) -> None:
         while True:
             action = await self._signals.get()

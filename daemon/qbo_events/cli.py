@@ -73,7 +73,18 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--instance")
     again.add_argument("--event", help="one event id")
 
-    from qbo_events import sandbox
+    from qbo_events import demo, sandbox
+
+    demo.add_arguments(
+        command("demo", "run sandbox, daemon and a verifying receiver together", demo.run_command)
+    )
+    authorize = command(
+        "authorize", "exchange an OAuth authorization code for tokens and store them", _authorize
+    )
+    with_config(authorize)
+    authorize.add_argument("--instance", required=True)
+    authorize.add_argument("--code", required=True, help="the authorization code")
+    authorize.add_argument("--redirect-uri", required=True)
 
     sandbox.add_arguments(
         command("sandbox", "serve the simulated QuickBooks Online API", sandbox.run_command)
@@ -153,6 +164,40 @@ def _deliveries_retry(args: argparse.Namespace) -> int:
 
     count = asyncio.run(requeue())
     print(f"re-queued {count} dead-lettered deliveries")
+    return EXIT_OK
+
+
+def _authorize(args: argparse.Namespace) -> int:
+    import aiohttp
+
+    from qbo_events.app import outbox_path
+    from qbo_events.outbox import Outbox
+    from qbo_events.quickbooks.oauth import exchange_code, token_url_for
+
+    config, _ = _load(args)
+    if config.instance(args.instance) is None:
+        print(f"qbo-events: no instance named {args.instance!r} in the config", file=sys.stderr)
+        return EXIT_USAGE
+    qb = config.quickbooks
+
+    async def exchange() -> None:
+        async with aiohttp.ClientSession() as http:
+            tokens = await exchange_code(
+                http,
+                token_url=token_url_for(qb.token_url),
+                client_id=qb.client_id,
+                client_secret=qb.client_secret,
+                code=args.code,
+                redirect_uri=args.redirect_uri,
+            )
+        async with Outbox(outbox_path(config)) as outbox:
+            await outbox.save_tokens(args.instance, tokens)
+
+    asyncio.run(exchange())
+    print(
+        f"stored new tokens for {args.instance}; "
+        "`systemctl reload qbo-events` makes a running daemon use them"
+    )
     return EXIT_OK
 
 

@@ -30,6 +30,12 @@ def fetch_and_print(config: Config) -> int:
     except (urllib.error.URLError, OSError) as exc:
         print(f"qbo-events: cannot reach the daemon at {url}: {exc}", file=sys.stderr)
         return 1
+    except orjson.JSONDecodeError:
+        status = None
+    if not isinstance(status, dict):
+        # Something else holds the port (or a proxy answered): say so rather than a traceback.
+        print(f"qbo-events: {url} did not answer with the daemon's JSON status", file=sys.stderr)
+        return 1
     print(render(status))
     return 0
 
