@@ -283,3 +283,32 @@ def test_sigterm_stops_intake_and_exits_zero(daemon_factory: Factory, receiver: 
     assert d.proc is not None
     assert d.proc.wait(20) == 0
     assert '"stopped"' in d.stderr()
+
+
+def test_a_hanging_endpoint_does_not_hold_up_another(
+    daemon_factory: Factory, receiver: Receiver
+) -> None:
+    import socket
+    import time
+
+    # Accepts connections (the kernel's backlog) and never answers: every attempt hangs.
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)
+        dead_url = f"http://127.0.0.1:{hole.getsockname()[1]}/hook"
+        d = daemon_factory(
+            instance_toml("dead", "901", dead_url) + instance_toml("live", "902", receiver.url),
+            settings="[delivery]\ntimeout = 10\nmax_in_flight_per_endpoint = 4\nworkers = 8",
+        ).start()
+        for i in range(20):
+            assert d.post(legacy_body("901", ("Invoice", str(i), "Create", AT))) == 200
+        posted = time.monotonic()
+        for i in range(20):
+            assert d.post(legacy_body("902", ("Invoice", str(i), "Create", AT))) == 200
+        wait_for(lambda: receiver.count() == 20, timeout=8, what="the live endpoint's events")
+        # Well before the hanging attempts time out (10 s): they held no sender the live
+        # endpoint needed.
+        assert time.monotonic() - posted < 9
+        assert d.health("/status")[1]["deliveries"]["endpoints_busy"] == {
+            f"http://127.0.0.1:{hole.getsockname()[1]}": 4
+        }

@@ -35,7 +35,7 @@ log = structlog.get_logger("qbo_events.sender")
 _ORPHAN_RECHECK = 60.0
 # Rows changed behind the daemon's back (`deliveries retry` from another process) are found
 # by a full rescan this often.
-_RESCAN = 15.0
+_RESCAN = 5.0
 
 
 class Target(msgspec.Struct, frozen=True):
