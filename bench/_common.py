@@ -57,6 +57,17 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def delivery_settings(pairs: Sequence[str]) -> dict[str, str]:
+    """`--delivery KEY=VALUE` flags -> `[delivery]` keys, e.g. max_in_flight_per_endpoint=64."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--delivery wants KEY=VALUE, not {pair!r}")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
 def wait_for(
     condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
 ) -> Any:
@@ -149,14 +160,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
 
     def line(r: Sequence[str]) -> str:
-        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        pairs = enumerate(zip(r, widths, strict=True))
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in pairs)
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(cells[0]), rule, *(line(r) for r in cells[1:])])
 
 
 def machine() -> str:
-    return f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {sys.platform}"
+    load = os.getloadavg()[0]
+    text = f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, {sys.platform}"
+    text += f", load average {load:.2f} before the run"
+    if load > 0.5:
+        text += " (other work is running: the figures will be noisy)"
+    return text
 
 
 # -- processes -------------------------------------------------------------------------------
@@ -266,7 +283,10 @@ class Daemon:
         durability: str = "full",
         log_level: str = "info",
         delivery: dict[str, str] | None = None,
+        notify: bool = True,
     ) -> None:
+        """`delivery`: extra `[delivery]` keys (TOML values as text). `notify=False` disables
+        the instance's notifications: events are accepted and stored but never sent."""
         self.webhook_port = free_port()
         self.health_port = free_port()
         self.workdir = workdir
@@ -292,6 +312,7 @@ class Daemon:
             f'realm_id = "{REALM}"\n'
             'tags = ["bench"]\n'
             'event.vendor.type = "webhook"\n'
+            f"event.notification.enabled = {'true' if notify else 'false'}\n"
             f'event.notification.callback.url = "{callback_url}"\n'
             f'event.notification.signature.key = "{SIGNATURE_KEY}"\n'
         )

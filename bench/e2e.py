@@ -27,6 +27,7 @@ from _common import (
     Daemon,
     Procs,
     cpu_seconds,
+    delivery_settings,
     free_port,
     http_json,
     machine,
@@ -62,8 +63,9 @@ def wait_received(base: str, count: int, timeout: float) -> dict[str, Any]:
 def throughput(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with Procs() as procs:
         receiver, callback, base = start_receiver(procs, tmp, verify=True)
-        daemon = Daemon(procs, tmp, callback, log_level="warning")
+        daemon = Daemon(procs, tmp, callback, log_level="warning", delivery=a.delivery)
         daemon.wait_ready()
+        print(f"  daemon pid {daemon.pid}", flush=True)
         # Warm-up, not counted.
         run_loadgen(procs, tmp, daemon.url, prefix="warm-", duration=1.0, rate=100, per_body=10)
         wait_received(base, 1000, 30)
@@ -109,8 +111,9 @@ def throughput(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def latency(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with Procs() as procs:
         _, callback, base = start_receiver(procs, tmp, verify=True)
-        daemon = Daemon(procs, tmp, callback, log_level="warning")
+        daemon = Daemon(procs, tmp, callback, log_level="warning", delivery=a.delivery)
         daemon.wait_ready()
+        print(f"  daemon pid {daemon.pid}", flush=True)
         run_loadgen(procs, tmp, daemon.url, prefix="warm-", duration=1.0, rate=200)
         wait_received(base, 200, 30)
         report = run_loadgen(
@@ -152,8 +155,15 @@ def latency(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def memory(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     dead_port = free_port()  # nothing listens here: every delivery attempt is refused
     with Procs() as procs:
-        daemon = Daemon(procs, tmp, f"http://127.0.0.1:{dead_port}/hook", log_level="warning")
+        daemon = Daemon(
+            procs,
+            tmp,
+            f"http://127.0.0.1:{dead_port}/hook",
+            log_level="warning",
+            delivery=a.delivery,
+        )
         daemon.wait_ready()
+        print(f"  daemon pid {daemon.pid}", flush=True)
         idle_kb = proc_status(daemon.pid)["VmRSS"]
         bodies = -(-a.mem_events // a.mem_per_body)
         began = time.monotonic()
@@ -210,15 +220,21 @@ def main() -> int:
     parser.add_argument("--mem-events", type=int, default=100_000)
     parser.add_argument("--mem-per-body", type=int, default=500)
     parser.add_argument("--mem-settle", type=float, default=30.0, help="(c) seconds to watch")
+    parser.add_argument(
+        "--delivery", action="append", default=[], metavar="KEY=VALUE", help="[delivery] keys"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     a = parser.parse_args()
     if a.quick:
         a.tp_seconds, a.lat_seconds, a.mem_events, a.mem_settle = 4.0, 6.0, 30_000, 10.0
     parts = {p.strip() for p in a.only.split(",") if p.strip()}
+    a.delivery = delivery_settings(a.delivery)
 
     print(f"end-to-end benchmark: {machine()}")
     print("  one daemon (durability 'full', default delivery settings), one receiver and one")
     print("  load generator, each its own process, sharing the CPUs")
+    if a.delivery:
+        print(f"  delivery settings: {a.delivery}")
     failed = False
     if "throughput" in parts:
         with workdir(a.keep) as tmp:
@@ -267,7 +283,10 @@ def main() -> int:
                     ["p90 ms", f"{lat['p90_ms']:.1f}"],
                     ["p99 ms", f"{lat['p99_ms']:.1f}"],
                     ["max ms", f"{lat['max_ms']:.1f}"],
-                    ["webhook 200 p50 / p99 ms", f"{lat['ack_p50_ms']:.1f} / {lat['ack_p99_ms']:.1f}"],
+                    [
+                        "webhook 200 p50 / p99 ms",
+                        f"{lat['ack_p50_ms']:.1f} / {lat['ack_p99_ms']:.1f}",
+                    ],
                     ["load generator schedule lag p99 ms", f"{lat['schedule_lag_p99_ms']:.1f}"],
                 ],
             )

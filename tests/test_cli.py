@@ -216,6 +216,8 @@ def test_the_example_config_in_the_repository_passes_check(tmp_path: Path) -> No
         ["deliveries", "list"],
         ["deliveries", "retry"],
         ["sandbox"],
+        ["demo"],
+        ["authorize"],
     ],
     ids=lambda c: " ".join(c) or "top",
 )
@@ -223,7 +225,7 @@ def test_help_on_each_command_exits_0(command: list[str]) -> None:
     result = cli(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: qbo-events{''.join(' ' + c for c in command)}")
-    if command in (["run"], ["check"], ["status"]):
+    if command in (["run"], ["check"], ["status"], ["authorize"]):
         assert "--config" in result.stdout
 
 

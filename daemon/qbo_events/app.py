@@ -143,6 +143,8 @@ class Daemon:
                                 self._webhook_app(config), config.http.webhook_listen
                             )
                             sources.create_task(pollers.run(config, sources_stop), name="pollers")
+                            # READY=1 promises what /readyz checks, the senders included.
+                            await sender.started.wait()
                             self.notifier.ready()
                             self.notifier.status(self._summary())
                             log.info(

@@ -145,6 +145,8 @@ class Outbox:
         self.commits = 0
         self.writable = False
         self._last_prune = 0.0
+        self._acks: list[int] = []
+        self._acks_done: asyncio.Future[int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -370,11 +372,31 @@ class Outbox:
         return await self._run(op)
 
     async def delivered(self, seq: int) -> None:
-        def op(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM outbox WHERE seq = ?", (seq,)).rowcount
+        """Remove a delivered row. The rows delivered within one turn of the event loop go in
+        one operation: at thousands of deliveries a second, one each would crowd the writer."""
+        if self._thread is None or self._loop is None:
+            raise OutboxClosed("the outbox is closed")
+        self._acks.append(seq)
+        if self._acks_done is None:
+            self._acks_done = self._loop.create_future()
+            self._loop.call_soon(self._flush_acks)
+        await asyncio.shield(self._acks_done)
 
-        if await self._run(op):
-            self.pending -= 1
+    def _flush_acks(self) -> None:
+        seqs, self._acks = self._acks, []
+        future, self._acks_done = self._acks_done, None
+        assert future is not None
+
+        def op(conn: sqlite3.Connection) -> int:
+            rows = [(seq,) for seq in seqs]
+            return conn.executemany("DELETE FROM outbox WHERE seq = ?", rows).rowcount
+
+        future.add_done_callback(self._acked)
+        self._ops.put((op, future))
+
+    def _acked(self, future: asyncio.Future[int]) -> None:
+        if not future.cancelled() and future.exception() is None:
+            self.pending -= future.result()
 
     async def retry_later(self, seq: int, attempts: int, next_at: float, error: str) -> None:
         await self._run(

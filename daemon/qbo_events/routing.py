@@ -15,7 +15,8 @@ class Routes:
     def __init__(self, config: Config) -> None:
         self._by_realm: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
         for inst in config.instances:
-            if not inst.takes_webhooks:
+            # An instance with notifications off gets nothing: its events could never leave.
+            if not inst.takes_webhooks or not inst.event.notification.enabled:
                 continue
             urls = inst.event.poller.urls
             wanted = frozenset(inst.event.poller.resources) if urls else None

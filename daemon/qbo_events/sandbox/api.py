@@ -46,7 +46,7 @@ def api_call(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response
             await asyncio.sleep(state.faults.slow)
         refusal = state.faults.take()
         if refusal == 429:
-            return throttled()
+            return throttled(state.faults.retry_after)
         if refusal is not None:
             return server_error(refusal)
         try:
@@ -57,7 +57,7 @@ def api_call(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response
         if token_realm != realm_id or realm_id not in state.companies:
             return forbidden()
         if not state.limiter.admit(realm_id):
-            return throttled()
+            return throttled(state.faults.retry_after)
         try:
             return await handler(request, state, state.companies[realm_id])
         except Fault as fault:

@@ -26,6 +26,7 @@ class FaultRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     error5xx: int | None = None  # the same as `errors`
     error_status: int | None = None  # 500 or 503
     slow: float | None = None  # seconds added to every API answer
+    retry_after: float | None = None  # Retry-After seconds on 429s; < 0 stops sending one
     expire_tokens: bool | str | None = None  # true: every realm; or one realm id
     revoke: bool | str | None = None  # true: every realm; or one realm id
     max_per_second: int | None = None
@@ -81,6 +82,8 @@ def apply_faults(state: State, wanted: FaultRequest) -> None:
         faults.error_status = wanted.error_status
     if wanted.slow is not None:
         faults.slow = wanted.slow
+    if wanted.retry_after is not None:
+        faults.retry_after = wanted.retry_after if wanted.retry_after >= 0 else None
     if wanted.max_per_second is not None:
         state.limiter.per_second = wanted.max_per_second
     if wanted.max_per_minute is not None:
@@ -120,6 +123,22 @@ async def flush_webhooks(request: web.Request) -> web.Response:
     return json_response(emitter.stats())
 
 
+async def hold_webhooks(request: web.Request) -> web.Response:
+    """`{"hold": true}` queues notifications without posting them; `false` lets them go."""
+    emitter = request.app[STATE].emitter
+    if emitter is None:
+        return _bad("no webhook_url is set")
+    try:
+        body: Any = orjson.loads(await request.read() or b"{}")
+        held = body["hold"]
+        if not isinstance(held, bool):
+            raise TypeError(held)
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return _bad('expected {"hold": true|false}')
+    emitter.hold(held)
+    return json_response(emitter.stats())
+
+
 async def post_generator(request: web.Request) -> web.Response:
     try:
         body: Any = orjson.loads(await request.read() or b"{}")
@@ -149,5 +168,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/_sandbox/faults", get_faults, name="control-fault-state")
     app.router.add_get("/_sandbox/stats", get_stats, name="control-stats")
     app.router.add_post("/_sandbox/webhooks/flush", flush_webhooks, name="control-flush")
+    app.router.add_post("/_sandbox/webhooks/hold", hold_webhooks, name="control-hold")
     app.router.add_post("/_sandbox/generator", post_generator, name="control-generator")
     app.router.add_post("/_sandbox/connect", post_connect, name="control-connect")

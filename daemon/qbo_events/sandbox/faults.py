@@ -17,6 +17,9 @@ class FaultSwitches:
     errors: int = 0  # answer `error_status` to the next N API calls
     error_status: int = 503
     slow: float = 0.0
+    # Seconds sent as `Retry-After` with every 429; None sends none, as QuickBooks does (its
+    # documentation says only "wait 60 seconds"). Lets tests see a throttled client recover fast.
+    retry_after: float | None = None
 
     def take(self) -> int | None:
         """The status to refuse this call with, if a switch is on."""

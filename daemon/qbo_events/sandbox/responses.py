@@ -112,8 +112,9 @@ def forbidden() -> web.Response:
     return fault_response(fault)
 
 
-def throttled() -> web.Response:
-    """429 is XML even when JSON was asked for, as QuickBooks does it."""
+def throttled(retry_after: float | None = None) -> web.Response:
+    """429 is XML even when JSON was asked for, as QuickBooks does it; no Retry-After unless
+    a test asks for one."""
     xml = (
         f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n'
         f'<IntuitResponse time="{pacific_ms(utc_now())}" '
@@ -123,7 +124,10 @@ def throttled() -> web.Response:
         f"<Detail>The request limit was reached.  Try again later</Detail>"
         f"</Error></Fault></IntuitResponse>"
     )
-    return web.Response(text=xml, status=429, content_type="application/xml", charset="UTF-8")
+    response = web.Response(text=xml, status=429, content_type="application/xml", charset="UTF-8")
+    if retry_after is not None:
+        response.headers["Retry-After"] = f"{retry_after:g}"
+    return response
 
 
 def server_error(status: int) -> web.Response:

@@ -149,5 +149,9 @@ class Sandbox:
         if self.state.emitter is not None:
             self.state.emitter.flush()
 
+    def hold_webhooks(self, held: bool = True) -> None:
+        if self.state.emitter is not None:
+            self.state.emitter.hold(held)
+
     def stats(self) -> dict[str, Any]:
         return self.state.stats()

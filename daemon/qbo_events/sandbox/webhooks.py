@@ -120,6 +120,12 @@ class WebhookEmitter:
         self.failures = 0
         self.events_acked = 0
         self.last_status: int | None = None
+        self.held = False
+
+    def hold(self, held: bool) -> None:
+        """While held, notifications queue up and nothing is posted (a delayed Intuit)."""
+        self.held = held
+        self._arrived.set()
 
     def enqueue(self, note: Notification) -> None:
         self._pending.append(note)
@@ -139,6 +145,7 @@ class WebhookEmitter:
             "events_acked": self.events_acked,
             "pending": len(self._pending),
             "last_status": self.last_status,
+            "held": self.held,
         }
 
     def __repr__(self) -> str:
@@ -157,7 +164,7 @@ class WebhookEmitter:
         timeout = aiohttp.ClientTimeout(total=self._timeout)
         async with aiohttp.ClientSession(timeout=timeout) as session:
             while True:
-                while not self._pending:
+                while not self._pending or self.held:
                     self._arrived.clear()
                     await self._arrived.wait()
                 await self._pause(self._batch_delay)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,6 +36,10 @@ _ORPHAN_RECHECK = 60.0
 # Rows changed behind the daemon's back (`deliveries retry` from another process) are found
 # by a full rescan this often.
 _RESCAN = 5.0
+# Rows fetched per query when fewer slots are free: most deliveries then start without one.
+_FETCH_AHEAD = 32
+# Fetched-ahead rows held in memory at most, over all instances.
+_READY_LIMIT = 512
 
 
 class Target(msgspec.Struct, frozen=True):
@@ -84,12 +88,18 @@ class Sender:
         self._targets: dict[str, Target] = dict(targets)
         self._wakeup = asyncio.Event()
         self._next_due: dict[str, float] = {}
+        # Rows fetched and not yet recorded as delivered or rescheduled, by instance: in the
+        # ready queue, on the wire, or being written back.
         self._inflight: dict[str, set[int]] = defaultdict(set)
+        self._ready: dict[str, deque[Row]] = defaultdict(deque)
         self._endpoint_busy: dict[str, int] = defaultdict(int)
-        self._busy = 0
+        self._busy = 0  # requests on the wire: what `workers` bounds
+        self._tasks = 0  # delivery tasks alive, including their outbox write
         self._idle = asyncio.Event()
         self._idle.set()
+        self._delivered_metric = metrics.deliveries.labels("delivered")
         self.running = False
+        self.started = asyncio.Event()
         self.delivered = 0
         self.failed = 0
         self.dead = 0
@@ -108,8 +118,9 @@ class Sender:
 
     def wake(self, instance: str) -> None:
         """New rows of `instance` are in the outbox."""
-        self._next_due[instance] = 0.0
-        self._wakeup.set()
+        if instance in self._targets:
+            self._next_due[instance] = 0.0
+            self._wakeup.set()
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -131,17 +142,18 @@ class Sender:
         and cancel the rest, which stay in the outbox."""
         self._next_due.update(await self._outbox.instances_with_work())
         self.running = True
+        self.started.set()
         try:
             async with asyncio.TaskGroup() as deliveries:
                 deliveries.create_task(self._wake_on(stop), name="sender-stop")
                 await self._dispatch(deliveries, stop)
-                if self._busy:
-                    log.info("draining deliveries", in_flight=self._busy)
+                if self._tasks:
+                    log.info("draining deliveries", in_flight=self._tasks)
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(self._delivery.shutdown_timeout):
                             await self._idle.wait()
-                if self._busy:
-                    log.warning("deliveries cut off at shutdown", count=self._busy)
+                if self._tasks:
+                    log.warning("deliveries cut off at shutdown", count=self._tasks)
                     raise _CutOff  # leaving the group by an exception cancels its tasks
         except* _CutOff:
             pass
@@ -192,57 +204,83 @@ class Sender:
             return False
         return self._endpoint_busy[target.endpoint] >= self._delivery.max_in_flight_per_endpoint
 
+    def _free(self, target: Target) -> int:
+        return min(
+            self._delivery.workers - self._busy,
+            self._delivery.max_in_flight_per_endpoint - self._endpoint_busy[target.endpoint],
+        )
+
     async def _round(self, deliveries: asyncio.TaskGroup, now: float) -> None:
         for name, due in sorted(self._next_due.items(), key=lambda item: item[1]):
             if due > now:
                 break
-            free = self._delivery.workers - self._busy
-            if free <= 0:
+            if self._busy >= self._delivery.workers:
                 return
             target = self._targets.get(name)
             if target is None:
                 self._next_due[name] = now + _ORPHAN_RECHECK
-                log.warning("undelivered events of an instance not in the config", instance=name)
+                log.warning(
+                    "undelivered events of an instance that is not in the config or has"
+                    " notifications disabled; they stay in the outbox",
+                    instance=name,
+                )
                 continue
-            free = min(
-                free,
-                self._delivery.max_in_flight_per_endpoint - self._endpoint_busy[target.endpoint],
-            )
+            free = self._free(target)
             if free <= 0:
                 continue
-            rows, later = await self._outbox.due(name, free, self._inflight[name])
-            if len(rows) < free:
-                self._next_due[name] = later if later is not None else math.inf
-            for row in rows:
-                self._start(deliveries, row, target)
+            ready = self._ready[name]
+            if not ready:
+                # Fetch ahead: a slot that frees up later then needs no query of its own.
+                ahead = sum(len(q) for q in self._ready.values()) < _READY_LIMIT
+                want = max(free, _FETCH_AHEAD) if ahead else free
+                rows, later = await self._outbox.due(name, want, self._inflight[name])
+                self._inflight[name].update(row.seq for row in rows)
+                ready.extend(rows)
+                if len(rows) < want:
+                    self._next_due[name] = later if later is not None else math.inf
+                target = self._targets.get(name, target)  # a reload may have come meanwhile
+                free = self._free(target)
+            while ready and free > 0:
+                self._start(deliveries, ready.popleft(), target)
+                free -= 1
+            if ready:
+                self._next_due[name] = 0.0
 
     def _start(self, deliveries: asyncio.TaskGroup, row: Row, target: Target) -> None:
         self._busy += 1
+        self._tasks += 1
         self._idle.clear()
         self._endpoint_busy[target.endpoint] += 1
-        self._inflight[target.instance].add(row.seq)
         deliveries.create_task(self._deliver(row, target), name=f"deliver:{row.seq}")
 
     async def _deliver(self, row: Row, target: Target) -> None:
         try:
+            failure: DeliveryError | None = None
             try:
                 await self._attempt(row, target)
             except DeliveryError as exc:
-                await self._failed(row, exc)
+                failure = exc
+            finally:
+                # The exchange is over: its sender and endpoint slot may serve another row
+                # while this outcome is written to the outbox.
+                self._busy -= 1
+                self._endpoint_busy[target.endpoint] -= 1
+                self._wakeup.set()
+            if failure is not None:
+                await self._failed(row, failure)
             else:
                 await self._outbox.delivered(row.seq)
                 self.delivered += 1
-                self._metrics.deliveries.labels("delivered").inc()
+                self._delivered_metric.inc()
                 self._metrics.delivery_latency.observe(self._clock() - row.accepted_at)
         except OutboxError as exc:
             log.error("could not record a delivery outcome", seq=row.seq, error=str(exc))
         finally:
-            self._busy -= 1
-            self._endpoint_busy[target.endpoint] -= 1
+            self._tasks -= 1
             self._inflight[target.instance].discard(row.seq)
             # Rows waiting behind this one (same object) may go now.
             self._next_due[target.instance] = 0.0
-            if not self._busy:
+            if not self._tasks:
                 self._idle.set()
             self._wakeup.set()
 

@@ -39,6 +39,9 @@ class WebhookListener:
         self._on_accepted = on_accepted
         self.accepting = True
         self.counts: Counter[str] = Counter()
+        self._by_status: dict[int, Any] = {}
+        self._accepted = metrics.events_accepted.labels(Source.WEBHOOK.value)
+        self._duplicate = metrics.events_duplicate.labels(Source.WEBHOOK.value)
 
     def app(self, path: str, max_body_bytes: int) -> web.Application:
         # client_max_size makes request.read() answer 413 past the limit before buffering it.
@@ -52,7 +55,12 @@ class WebhookListener:
     async def handle(self, request: web.Request) -> web.Response:
         response = await self._handle(request)
         self.counts[f"http_{response.status}"] += 1
-        self._metrics.webhook_requests.labels(str(response.status)).inc()
+        counter = self._by_status.get(response.status)
+        if counter is None:
+            counter = self._by_status[response.status] = self._metrics.webhook_requests.labels(
+                str(response.status)
+            )
+        counter.inc()
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
@@ -81,11 +89,11 @@ class WebhookListener:
             log.warning("webhook refused: the outbox cannot take it", reason=str(exc))
             return _json(503, "cannot store now; retry later")
         self.counts["entities"] += len(changes)
-        self._metrics.events_accepted.labels(Source.WEBHOOK.value).inc(new)
-        self._metrics.events_duplicate.labels(Source.WEBHOOK.value).inc(len(events) - new)
+        self._accepted.inc(new)
+        self._duplicate.inc(len(events) - new)
         if new:
             self._on_accepted({e.instance for e in events})
-        return _json(200, "ok")
+        return web.Response(body=_OK, content_type="application/json")
 
     async def _quarantine(self, body: bytes, reason: str) -> web.Response:
         try:
@@ -97,6 +105,9 @@ class WebhookListener:
         log.warning("signed webhook body not understood; quarantined", reason=reason)
         # 200, not 400: a 400 makes QuickBooks retry the whole batch forever.
         return _json(200, "quarantined")
+
+
+_OK = b'{"status": "ok"}'
 
 
 def _json(status: int, message: str) -> web.Response:
