@@ -15,6 +15,7 @@ Target: median daemon req/s >= 0.6 x median bare req/s.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 
@@ -46,7 +47,8 @@ def main() -> int:
     parser.add_argument(
         "--no-delivery",
         action="store_true",
-        help="diagnostic: the instance's notifications disabled, so the daemon only takes in",
+        help="intake alone: the callback endpoint accepts connections and never answers, with"
+        " one request in flight to it, so events are stored and none leaves during the rounds",
     )
     parser.add_argument(
         "--delivery", action="append", default=[], metavar="KEY=VALUE", help="[delivery] keys"
@@ -64,12 +66,19 @@ def main() -> int:
         f" single-entity signed legacy bodies, daemon durability {a.durability!r}"
     )
     if a.no_delivery:
-        print("  DIAGNOSTIC: deliveries disabled (intake only)")
+        print("  INTAKE ONLY: the callback endpoint hangs; events are stored, none is delivered")
+        delivery = {"max_in_flight_per_endpoint": "1", "timeout": "3600", **delivery}
     if delivery:
         print(f"  delivery settings: {delivery}")
     results: dict[str, list[dict[str, object]]] = {"daemon": [], "bare": []}
-    with workdir(a.keep) as tmp, Procs() as procs:
-        _, callback, _ = start_receiver(procs, tmp, verify=False)
+    with workdir(a.keep) as tmp, Procs() as procs, socket.socket() as hole:
+        if a.no_delivery:
+            # Accepts (the kernel's backlog) and never answers: the one request hangs.
+            hole.bind(("127.0.0.1", 0))
+            hole.listen(8)
+            callback = f"http://127.0.0.1:{hole.getsockname()[1]}/hook"
+        else:
+            _, callback, _ = start_receiver(procs, tmp, verify=False)
         daemon = Daemon(
             procs,
             tmp,
@@ -77,7 +86,6 @@ def main() -> int:
             durability=a.durability,
             log_level="warning",
             delivery=delivery,
-            notify=not a.no_delivery,
         )
         bare, bare_url = start_bare(procs, tmp)
         daemon.wait_ready()

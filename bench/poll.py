@@ -38,10 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from _common import (
     VERIFIER,
     Proc,
     Procs,
@@ -367,7 +364,7 @@ def choose_interval(n: int, args: argparse.Namespace) -> float:
     if args.interval is not None:
         return float(args.interval) * 60.0
     # 15 s when the machine keeps up, longer when N x 22 polls would exceed the poll rate.
-    return max(15.0, n * RESOURCES / args.max_poll_rate)
+    return max(15.0, n * RESOURCES / float(args.max_poll_rate))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -482,9 +479,7 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
     )  # fmt: skip
-    cpu_line = fit(
-        [(r["polls"] / r["window_s"], r["cpu_s"] / r["window_s"]) for r in runs]
-    )
+    cpu_line = fit([(r["polls"] / r["window_s"], r["cpu_s"] / r["window_s"]) for r in runs])
     target_rate = TARGET_POLLS / TARGET_INTERVAL
     print()
     if cpu_line is not None:

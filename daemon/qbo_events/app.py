@@ -319,7 +319,10 @@ class Daemon:
 def _client_session() -> aiohttp.ClientSession:
     # Our own per-endpoint cap governs; the connector must not queue requests behind it.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
-    return aiohttp.ClientSession(connector=connector, auto_decompress=True)
+    # A receiver's cookies must not travel to the next delivery; skipping the jar is cheaper too.
+    return aiohttp.ClientSession(
+        connector=connector, auto_decompress=True, cookie_jar=aiohttp.DummyCookieJar()
+    )
 
 
 def _now_iso() -> str:

@@ -1,9 +1,9 @@
 """The durable SQLite outbox: accepted events, retries, dead letters, quarantine, cursors, tokens.
 
-This is the only module with SQL. One connection lives on one writer thread; callers hand it
-operations and await their futures. Operations that arrive while a transaction commits are
-committed together in the next one (group commit), so `durability = "full"` costs one fsync
-per batch, not per event.
+This is the only module with SQL. Callers hand writes to the outbox as operations and await
+their futures; the operations that arrive while a transaction commits are committed together
+in the next one (group commit), so `durability = "full"` costs one fsync per batch, not per
+event. Reads go through a second connection and never wait for a commit.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import sqlite3
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -27,6 +26,9 @@ from qbo_events.quickbooks.oauth import Tokens
 
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
+# An operation, the future its caller awaits, and what to do once it is committed (run even
+# if the caller stopped waiting, so the counters stay true).
+Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None"]
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -43,7 +45,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (instance, state, next_at);
 CREATE INDEX IF NOT EXISTS outbox_object ON outbox (object_key, seq);
-CREATE INDEX IF NOT EXISTS outbox_event ON outbox (event_id);
 CREATE TABLE IF NOT EXISTS dedupe (
     event_id TEXT PRIMARY KEY,
     seen_at REAL NOT NULL
@@ -133,10 +134,14 @@ class Outbox:
         self.max_pending = max_pending
         self.dedupe_window = dedupe_window
         self._clock = clock
-        self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._committer: ThreadPoolExecutor | None = None
+        self._queue: list[Pending] = []
+        self._committing = False
+        self._scheduled = False
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self.pending = 0  # undelivered, not dead: what max_pending bounds
@@ -159,12 +164,10 @@ class Outbox:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        conn = _connect(self.path, self.durability)
-        self._thread = threading.Thread(
-            target=self._serve, args=(conn,), name="outbox-writer", daemon=True
-        )
-        self._thread.start()
-        self.pending = await self._run(_count_pending)
+        self._conn = _connect(self.path, self.durability)
+        self._reader = _connect_reader(self.path)
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
+        self.pending = _count_pending(self._reader)
         self._accepting = True
         self.writable = True
 
@@ -174,71 +177,106 @@ class Outbox:
 
     async def close(self) -> None:
         self._accepting = False
-        if self._thread is None:
+        if self._conn is None:
             return
-        self._ops.put(None)
-        await asyncio.to_thread(self._thread.join)
-        self._thread = None
+        await self._idle.wait()
+        assert self._committer is not None and self._reader is not None
+        self._committer.shutdown(wait=True)
+        self._conn.close()
+        self._reader.close()
+        self._conn = self._reader = self._committer = None
         self.writable = False
 
-    # -- the writer thread ---------------------------------------------------------------------
+    # -- group commit --------------------------------------------------------------------------
+    #
+    # Operations run on the event loop's thread, as soon as no commit is under way; the COMMIT
+    # (the fsync) runs on a helper thread, and whatever arrives meanwhile forms the next batch.
+    # Keeping the Python work on one thread spares it the GIL hand-offs a writer thread costs.
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
-        try:
-            while True:
-                first = self._ops.get()
-                if first is None:
-                    return
-                batch = [first]
-                stop = False
-                while True:
-                    try:
-                        item = self._ops.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is None:
-                        stop = True
-                        break
-                    batch.append(item)
-                self._commit(conn, batch)
-                if stop:
-                    return
-        finally:
-            conn.close()
-
-    def _commit(
-        self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any]]]
+    def _submit(
+        self,
+        op: Operation,
+        future: asyncio.Future[Any],
+        on_commit: Callable[[Any], None] | None = None,
     ) -> None:
-        outcomes: list[tuple[bool, Any]] = []
+        if self._conn is None or self._loop is None:
+            future.set_exception(OutboxClosed("the outbox is closed"))
+            return
+        self._queue.append((op, future, on_commit))
+        self._idle.clear()
+        if not self._committing and not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._begin)
+
+    def _begin(self) -> None:
+        self._scheduled = False
+        if self._committing:
+            return
+        batch, self._queue = self._queue, []
+        if not batch or self._conn is None or self._loop is None:
+            self._idle.set()
+            return
         try:
+            outcomes = self._execute(self._conn, batch)
+        except sqlite3.Error as exc:
+            _settle(batch, [(False, OutboxError(f"outbox unavailable: {exc}"))] * len(batch))
+            self._loop.call_soon(self._begin)
+            return
+        self._committing = True
+        commit = self._loop.run_in_executor(self._committer, _commit, self._conn)
+        commit.add_done_callback(lambda done: self._committed(done, batch, outcomes))
+
+    @staticmethod
+    def _execute(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[bool, Any]]:
+        """Run the batch in one open transaction. An operation that raises is left out and
+        the rest run again from a clean start, so it cannot undo its batch-mates' work."""
+        failed: dict[int, Exception] = {}
+        while True:
             conn.execute("BEGIN IMMEDIATE")
-            for op, _ in batch:
-                # A savepoint per operation: one failing operation must not undo its batch-mates.
-                conn.execute("SAVEPOINT op")
+            outcomes: list[tuple[bool, Any]] = []
+            for index, (op, _, _) in enumerate(batch):
+                if index in failed:
+                    outcomes.append((False, failed[index]))
+                    continue
                 try:
                     outcomes.append((True, op(conn)))
-                    conn.execute("RELEASE op")
                 except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    outcomes.append((False, exc))
-            conn.execute("COMMIT")
-            self.commits += 1
-        except sqlite3.Error as exc:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            error = OutboxError(f"outbox commit failed: {exc}")
-            outcomes = [(False, error)] * len(batch)
-        assert self._loop is not None
-        self._loop.call_soon_threadsafe(_settle, [f for _, f in batch], outcomes)
+                    conn.execute("ROLLBACK")
+                    failed[index] = exc
+                    break
+            else:
+                return outcomes
 
-    async def _run(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        if self._thread is None or self._loop is None:
+    def _committed(
+        self, done: asyncio.Future[None], batch: list[Pending], outcomes: list[tuple[bool, Any]]
+    ) -> None:
+        self._committing = False
+        error = done.exception()
+        if error is None:
+            self.commits += 1
+        else:
+            outcomes = [(False, OutboxError(f"outbox commit failed: {error}"))] * len(batch)
+        _settle(batch, outcomes)
+        self._begin()
+
+    async def _run(
+        self, op: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
+    ) -> T:
+        if self._loop is None:
             raise OutboxClosed("the outbox is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._ops.put((op, future))
-        # Shielded: the operation commits whether or not its caller is still waiting.
-        return await asyncio.shield(future)
+        self._submit(op, future, on_commit)
+        # A caller that stops waiting does not stop the operation: it commits all the same.
+        return await future
+
+    def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """Reads use their own connection: they see committed rows and never wait for a commit."""
+        if self._reader is None:
+            raise OutboxClosed("the outbox is closed")
+        try:
+            return op(self._reader)
+        except sqlite3.Error as exc:
+            raise OutboxError(f"outbox read failed: {exc}") from None
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -274,10 +312,12 @@ class Outbox:
                 )
             return new
 
-        new = await self._run(op)
-        self.pending += new
-        self.accepted += new
-        self.duplicates += len(rows) - new
+        def counted(new: int) -> None:
+            self.pending += new
+            self.accepted += new
+            self.duplicates += len(rows) - new
+
+        new = await self._run(op, counted)
         if now - self._last_prune > 3600:
             self._last_prune = now
             await self._run(_prune(now - self.dedupe_window))
@@ -302,14 +342,14 @@ class Outbox:
             ).fetchone()
             return None if row is None else str(row[0])
 
-        return await self._run(op)
+        return self._read(op)
 
     async def load_tokens(self, instance: str) -> Tokens | None:
         def op(conn: sqlite3.Connection) -> bytes | None:
             row = conn.execute("SELECT body FROM tokens WHERE instance = ?", (instance,)).fetchone()
             return None if row is None else bytes(row[0])
 
-        body = await self._run(op)
+        body = self._read(op)
         return None if body is None else msgspec.json.decode(body, type=Tokens)
 
     async def save_tokens(self, instance: str, tokens: Tokens) -> None:
@@ -356,7 +396,7 @@ class Outbox:
             ).fetchone()[0]
             return rows, later
 
-        return await self._run(op)
+        return self._read(op)
 
     async def instances_with_work(self) -> dict[str, float]:
         """Each instance that has undelivered rows, with its earliest next attempt."""
@@ -369,12 +409,12 @@ class Outbox:
                 ).fetchall()
             )
 
-        return await self._run(op)
+        return self._read(op)
 
     async def delivered(self, seq: int) -> None:
         """Remove a delivered row. The rows delivered within one turn of the event loop go in
         one operation: at thousands of deliveries a second, one each would crowd the writer."""
-        if self._thread is None or self._loop is None:
+        if self._conn is None or self._loop is None:
             raise OutboxClosed("the outbox is closed")
         self._acks.append(seq)
         if self._acks_done is None:
@@ -391,12 +431,10 @@ class Outbox:
             rows = [(seq,) for seq in seqs]
             return conn.executemany("DELETE FROM outbox WHERE seq = ?", rows).rowcount
 
-        future.add_done_callback(self._acked)
-        self._ops.put((op, future))
+        self._submit(op, future, self._acked)
 
-    def _acked(self, future: asyncio.Future[int]) -> None:
-        if not future.cancelled() and future.exception() is None:
-            self.pending -= future.result()
+    def _acked(self, count: int) -> None:
+        self.pending -= count
 
     async def retry_later(self, seq: int, attempts: int, next_at: float, error: str) -> None:
         await self._run(
@@ -414,8 +452,7 @@ class Outbox:
                 (attempts, error[:500], seq),
             ).rowcount
 
-        if await self._run(op):
-            self.pending -= 1
+        await self._run(op, self._acked)
 
     # -- inspection and repair -----------------------------------------------------------------
 
@@ -430,7 +467,7 @@ class Outbox:
             quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
             return Counts(pending, retrying, dead, quarantined)
 
-        return await self._run(op)
+        return self._read(op)
 
     async def listing(self, *, dead: bool, instance: str | None, limit: int) -> list[Listing]:
         def op(conn: sqlite3.Connection) -> list[Listing]:
@@ -463,7 +500,7 @@ class Outbox:
                 )
             return result
 
-        return await self._run(op)
+        return self._read(op)
 
     async def requeue_dead(self, *, instance: str | None, event_id: str | None) -> int:
         now = self._clock()
@@ -480,9 +517,10 @@ class Outbox:
                 args.append(event_id)
             return conn.execute(sql, args).rowcount
 
-        count = await self._run(op)
+        return await self._run(op, self._requeued)
+
+    def _requeued(self, count: int) -> None:
         self.pending += count
-        return count
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -497,14 +535,25 @@ class Outbox:
         return f"<Outbox {self.path} pending={self.pending} commits={self.commits}>"
 
 
-def _settle(futures: list[asyncio.Future[Any]], outcomes: list[tuple[bool, Any]]) -> None:
-    for future, (ok, value) in zip(futures, outcomes, strict=True):
+def _settle(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:
+    for (_, future, on_commit), (ok, value) in zip(batch, outcomes, strict=True):
+        if ok and on_commit is not None:
+            on_commit(value)
         if future.cancelled():
             continue
         if ok:
             future.set_result(value)
         else:
             future.set_exception(value)
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("COMMIT")
+    except sqlite3.Error:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _count_pending(conn: sqlite3.Connection) -> int:
@@ -519,6 +568,13 @@ def prepare_state_dir(path: Path) -> None:
     """The state directory is 0700: it holds tokens and the events' raw bodies."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(path, 0o700)
+
+
+def _connect_reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
 
 
 def _connect(path: Path, durability: str) -> sqlite3.Connection:
