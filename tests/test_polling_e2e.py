@@ -82,6 +82,14 @@ def test_creates_updates_deletes_of_invoices_and_time_activities(
     assert receiver.bad_signatures == 0
     assert len(receiver.ids()) == len(set(receiver.ids()))
     assert receiver.deliveries[0]["body"]["message"]["source"] == "polling"
+    metrics = d.health("/metrics")[1]
+    assert 'qbo_events_poll_lag_seconds{instance="acme",resource="invoices"}' in metrics
+    assert (
+        'qbo_events_poll_duration_seconds_count{instance="acme",resource="time-activities"}'
+        in metrics
+    )
+    assert 'qbo_events_quickbooks_api_calls_total{status="200"}' in metrics
+    assert 'qbo_events_events_accepted_total{source="polling"}' in metrics
     assert d.stop() == 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -141,6 +142,15 @@ class Pollers:
             result["tokens"] = tokens.stats()
             if tokens.needs_reauthorization:
                 result["state"] = "needs re-authorization"
+        return result
+
+    def lags(self, now: float) -> dict[tuple[str, str], float]:
+        """Seconds each loop's cursor trails `now`, for the loops that have one."""
+        result = {}
+        for key, loop in self._loops.items():
+            if loop.cursor:
+                cursor = dt.datetime.fromisoformat(loop.cursor.replace("Z", "+00:00"))
+                result[key] = max(0.0, now - cursor.timestamp())
         return result
 
     def client_stats(self) -> dict[str, Any]:
