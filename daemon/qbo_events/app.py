@@ -8,6 +8,7 @@ SIGTERM the sources stop taking work, the webhook site closes, the senders drain
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from qbo_events.systemd import Notifier
 log = structlog.get_logger("qbo_events.app")
 
 OUTBOX_FILE = "outbox.sqlite3"
+REPORT_INTERVAL = 60.0
 
 
 def outbox_path(config: Config) -> Path:
@@ -137,6 +139,7 @@ class Daemon:
                     sinks.create_task(
                         self.notifier.run_watchdog(sinks_stop, self._healthy), name="watchdog"
                     )
+                    sinks.create_task(self._report(sinks_stop), name="report")
                     try:
                         async with asyncio.TaskGroup() as sources:
                             await self._webhook_site.bind(
@@ -169,6 +172,22 @@ class Daemon:
     def request_stop(self) -> None:
         """Stop as SIGTERM would; for callers that run the daemon in their own process."""
         self._signals.put_nowait("stop")
+
+    async def _report(self, stop: asyncio.Event) -> None:
+        """The periodic summary: systemd's STATUS= line and one log line."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPORT_INTERVAL):
+                    await stop.wait()
+            if stop.is_set():
+                return
+            self.notifier.status(self._summary())
+            log.info(
+                "stats",
+                outbox=self._outbox.stats() if self._outbox else {},
+                deliveries=self._sender.stats() if self._sender else {},
+                webhooks=self._listener.stats() if self._listener else {},
+            )
 
     async def _control(self) -> None:
         while True:
