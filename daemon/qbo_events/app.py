@@ -282,8 +282,8 @@ class Daemon:
         if self._pollers is not None:
             for name, refused in self._pollers.reauthorization_flags().items():
                 self.metrics.needs_reauthorization.labels(name).set(int(refused))
-            for (name, resource), lag in self._pollers.lags(time.time()).items():
-                self.metrics.poll_lag.labels(name, resource).set(lag)
+            for resource, lag in self._pollers.lags(time.time()).items():
+                self.metrics.poll_lag.labels(resource).set(lag)
             calls = self._pollers.client_stats().get("calls", {})
             for status, count in calls.items():
                 # The client keeps plain counts; the Prometheus counter takes the increase.

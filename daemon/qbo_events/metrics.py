@@ -45,14 +45,14 @@ class Metrics:
         )
         self.poll_duration = Histogram(
             "qbo_events_poll_duration_seconds",
-            "Duration of one poll of one resource",
-            ["instance", "resource"],
+            "Duration of one poll of one resource (per instance detail: /status)",
+            ["resource"],
             registry=r,
         )
         self.poll_lag = Gauge(
             "qbo_events_poll_lag_seconds",
-            "Seconds between now and the resource's cursor",
-            ["instance", "resource"],
+            "Seconds the resource's oldest cursor, over all instances, trails now",
+            ["resource"],
             registry=r,
         )
         self.api_calls = Counter(

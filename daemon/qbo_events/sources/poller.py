@@ -95,6 +95,9 @@ class ResourceLoop:
         self.events = 0
         self.polls = 0
         self.log = log.bind(instance=instance.name, resource=resource.name)
+        # Labelled by resource only: one series per (instance, resource) would be 22,000 of
+        # them at a thousand instances, and every scrape would have to render them all.
+        self._poll_duration = metrics.poll_duration.labels(resource.name)
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -176,9 +179,7 @@ class ResourceLoop:
         new = await self._outbox.accept(
             events, cursor=Cursor(self.instance.name, self.resource.name, new_cursor)
         )
-        self._metrics.poll_duration.labels(self.instance.name, self.resource.name).observe(
-            time.monotonic() - began
-        )
+        self._poll_duration.observe(time.monotonic() - began)
         self._metrics.events_accepted.labels(Source.POLLING.value).inc(new)
         self._metrics.events_duplicate.labels(Source.POLLING.value).inc(len(events) - new)
         self.cursor = new_cursor
@@ -193,7 +194,10 @@ class ResourceLoop:
         return new
 
     async def _cursor(self, now: float) -> dt.datetime:
-        stored = await self._outbox.get_cursor(self.instance.name, self.resource.name)
+        # After the first poll the loop holds its cursor; before it, the outbox does.
+        stored = self.cursor or await self._outbox.get_cursor(
+            self.instance.name, self.resource.name
+        )
         if stored is not None:
             self.cursor = stored
             return dt.datetime.fromisoformat(stored.replace("Z", "+00:00"))

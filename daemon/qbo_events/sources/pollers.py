@@ -91,7 +91,10 @@ class Pollers:
         for inst in polling.values():
             self._tokens_for(config, inst)
         count = max(1, len(wanted))
-        for index, (key, inst) in enumerate(sorted(wanted.items())):
+        # Ordered by resource first, so that neighbours in the spread are different realms
+        # rather than one realm's 22 loops queueing on its rate limit together.
+        ordered = sorted(wanted.items(), key=lambda item: (item[0][1], item[0][0]))
+        for index, (key, inst) in enumerate(ordered):
             loop = self._loops.get(key)
             tokens = self._tokens[inst.name]
             if loop is not None and loop.tokens is tokens and loop.client is self._client:
@@ -144,13 +147,14 @@ class Pollers:
                 result["state"] = "needs re-authorization"
         return result
 
-    def lags(self, now: float) -> dict[tuple[str, str], float]:
-        """Seconds each loop's cursor trails `now`, for the loops that have one."""
-        result = {}
-        for key, loop in self._loops.items():
+    def lags(self, now: float) -> dict[str, float]:
+        """Per resource, the seconds its oldest cursor trails `now`."""
+        result: dict[str, float] = {}
+        for (_, resource), loop in self._loops.items():
             if loop.cursor:
                 cursor = dt.datetime.fromisoformat(loop.cursor.replace("Z", "+00:00"))
-                result[key] = max(0.0, now - cursor.timestamp())
+                lag = max(0.0, now - cursor.timestamp())
+                result[resource] = max(lag, result.get(resource, 0.0))
         return result
 
     def client_stats(self) -> dict[str, Any]:
