@@ -18,6 +18,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -322,6 +324,43 @@ def test_sighup_adds_an_instance_without_a_restart(
     assert d.proc.pid == pid and d.proc.poll() is None
     assert '"reloaded"' in d.stderr()
     assert d.stop() == 0
+
+
+def test_sighup_moves_the_webhook_path_body_limit_and_address(
+    daemon_factory: Factory, receiver: Receiver
+) -> None:
+    d = daemon_factory(instance_toml("acme", "4101", receiver.url)).start()
+    body = legacy_body("4101", *[("Invoice", str(i), "Create", AT) for i in range(40)])
+    assert 2048 < len(body) < 8192
+    old_url = d.webhook_url
+    d.write_config(
+        instance_toml("acme", "4101", receiver.url),
+        settings='[http]\nwebhook_path = "/qbo"\nmax_body_bytes = 2048\n'
+        f'webhook_listen = "0.0.0.0:{d.webhook_port}"',
+    )
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: status(d)["last_reload"]["at"], what="the reload")
+    assert status(d)["last_reload"]["ok"] is True, status(d)["last_reload"]
+    # Same port, all addresses now; the old path is gone and the new limit holds.
+    assert post_to(old_url, body) == 404
+    new_url = old_url.replace("/webhooks/quickbooks", "/qbo")
+    assert post_to(new_url, body) == 413
+    small = legacy_body("4101", ("Invoice", "x", "Create", AT))
+    assert post_to(new_url, small) == 200
+    wait_for(lambda: receiver.count() == 1, what="the delivery through the new path")
+    assert d.stop() == 0
+
+
+def post_to(url: str, body: bytes) -> int:
+    request = urllib.request.Request(
+        url, data=body, method="POST", headers={"intuit-signature": intuit_sign(body)}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code)
 
 
 @pytest.mark.parametrize(

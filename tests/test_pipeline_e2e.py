@@ -312,3 +312,19 @@ def test_a_hanging_endpoint_does_not_hold_up_another(
         assert d.health("/status")[1]["deliveries"]["endpoints_busy"] == {
             f"http://127.0.0.1:{hole.getsockname()[1]}": 4
         }
+
+
+def test_an_empty_verifier_token_refuses_every_webhook(daemon_factory: Factory) -> None:
+    # Polling-only deployments may leave the token empty; an HMAC with an empty key is one
+    # anybody can make, so such a daemon must take no webhook at all.
+    receiver = Receiver()
+    d = daemon_factory(
+        instance_toml("acme", "951", receiver.url, vendor="polling")
+        + 'refresh_token = "unused-token-0123456789"\n',
+        settings='[quickbooks]\nwebhook_verifier_token = ""\nclient_id = "id"\n'
+        'client_secret = "secret-0123456789"\napi_base_url = "http://127.0.0.1:9"\n'
+        'token_url = "http://127.0.0.1:9/token"',
+    ).start()
+    body = b"not json at all"
+    assert d.post(body, signature=intuit_sign(body, "")) == 401
+    assert d.health("/status")[1]["outbox"]["quarantined"] == 0

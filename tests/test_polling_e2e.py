@@ -475,3 +475,26 @@ def test_kill_9_while_polling_skips_no_change(
     assert duplicates(receiver) <= 2 * 16
     assert receiver.bad_signatures == 0
     assert d.stop() == 0
+
+
+def test_changes_made_before_a_resource_first_polls_are_delivered(
+    sandbox_factory: Callable[..., SandboxProcess],
+    daemon_factory: Callable[..., DaemonProcess],
+    receiver: Receiver,
+) -> None:
+    # Two loops spread over a 12 s interval: one polls at once, the other about 6 s later. Its
+    # first cursor is the daemon's start, so a change made before its first poll still counts.
+    sandbox = sandbox_factory()
+    d = daemon_factory(
+        polling_instance(
+            sandbox, "acme", receiver.url, '["invoices", "vendors"]', interval=0.2, overlap=0
+        ),
+        settings=sandbox.quickbooks_settings(),
+    ).start()
+    loops = d.health("/status")[1]["instances"]["acme"]["resources"]
+    waiting = [name for name, loop in loops.items() if not loop["last_success_at"]]
+    assert waiting, "both loops polled already: the spread is gone"
+    entity = {"invoices": "Invoice", "vendors": "Vendor"}[waiting[0]]
+    made = sandbox.change(entity, "Create", 2)
+    want = expected(made, waiting[0])
+    wait_for(lambda: want <= delivered(receiver), timeout=30, what="the early changes")

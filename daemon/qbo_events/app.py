@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -50,18 +51,25 @@ class Site:
         self.runner: web.AppRunner | None = None
         self.address = ""
 
-    async def bind(self, app: web.Application, address: str) -> None:
-        """Bind the new listener before closing the old one, so a bad address changes nothing."""
+    async def bind(self, make_app: Callable[[], web.Application], address: str) -> None:
+        """Bind the new listener before closing the old one, so a bad address changes nothing.
+        On the same port that cannot be done: there the old one closes first, and comes back
+        if the new one fails."""
         host, port = parse_listen(address)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
+        old, old_address = self.runner, self.address
+        same_port = old is not None and parse_listen(old_address)[1] == port
+        if same_port and old is not None:
+            await old.cleanup()
+            self.runner = None
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True).start()
+            self.runner = await _serve(make_app(), host, port)
         except OSError:
-            await runner.cleanup()
+            if same_port:
+                old_host, old_port = parse_listen(old_address)
+                self.runner = await _serve(make_app(), old_host, old_port)
             raise
-        old, self.runner, self.address = self.runner, runner, address
-        if old is not None:
+        self.address = address
+        if old is not None and not same_port:
             await old.cleanup()
         log.info("listening", listener=self.name, address=address)
 
@@ -123,6 +131,8 @@ class Daemon:
                 verifier_token=config.quickbooks.webhook_verifier_token,
                 metrics=self.metrics,
                 on_accepted=self._wake_senders,
+                path=config.http.webhook_path,
+                max_body_bytes=config.http.max_body_bytes,
             )
             pollers = self._pollers = Pollers(
                 outbox=outbox,
@@ -132,7 +142,7 @@ class Daemon:
             )
             sinks_stop = asyncio.Event()
             sources_stop = asyncio.Event()
-            await self._health_site.bind(self._health_app(), config.http.health_listen)
+            await self._health_site.bind(self._health_app, config.http.health_listen)
             try:
                 async with asyncio.TaskGroup() as sinks:
                     sinks.create_task(sender.run(sinks_stop), name="sender")
@@ -143,7 +153,7 @@ class Daemon:
                     try:
                         async with asyncio.TaskGroup() as sources:
                             await self._webhook_site.bind(
-                                self._webhook_app(config), config.http.webhook_listen
+                                self._webhook_app, config.http.webhook_listen
                             )
                             sources.create_task(pollers.run(config, sources_stop), name="pollers")
                             # READY=1 promises what /readyz checks, the senders included.
@@ -204,8 +214,8 @@ class Daemon:
         try:
             new = config_module.load(self.config_path)
             await self._apply(new)
-        except (ConfigError, OSError) as exc:
-            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+        except Exception as exc:
+            problems = exc.problems if isinstance(exc, ConfigError) else [f"{exc}"]
             self.last_reload.update(ok=False, error=problems)
             log.error("reload rejected; the running configuration stays", problems=problems)
             self.notifier.ready()
@@ -217,29 +227,39 @@ class Daemon:
         return True
 
     async def _apply(self, new: Config) -> None:
+        """Build everything the new config needs first, bind the listeners, and only then
+        change the running components, so that a failure leaves the old config in force."""
         old = self.config
         assert self._sender is not None and self._listener is not None
         assert self._outbox is not None
-        # Listeners first: a failed bind rejects the reload before anything else changed.
-        if (new.http.webhook_listen, new.http.webhook_path, new.http.max_body_bytes) != (
-            old.http.webhook_listen,
-            old.http.webhook_path,
-            old.http.max_body_bytes,
+        routes, targets = Routes(new), targets_from(new)
+        moved: list[tuple[Site, Callable[[], web.Application], str]] = []
+        try:
+            if new.http.webhook_listen != old.http.webhook_listen:
+                await self._webhook_site.bind(self._webhook_app, new.http.webhook_listen)
+                moved.append((self._webhook_site, self._webhook_app, old.http.webhook_listen))
+            if new.http.health_listen != old.http.health_listen:
+                await self._health_site.bind(self._health_app, new.http.health_listen)
+        except OSError:
+            for site, make_app, address in moved:
+                with contextlib.suppress(OSError):
+                    await site.bind(make_app, address)
+            raise
+        for key, changed in (
+            ("state_dir", new.state_dir != old.state_dir),
+            ("outbox.durability", new.outbox.durability != old.outbox.durability),
         ):
-            await self._webhook_site.bind(self._webhook_app(new), new.http.webhook_listen)
-        if new.http.health_listen != old.http.health_listen:
-            await self._health_site.bind(self._health_app(), new.http.health_listen)
-        for key in ("state_dir",):
-            if getattr(new, key) != getattr(old, key):
+            if changed:
                 log.warning("takes effect at the next restart", key=key)
-        if new.outbox.durability != old.outbox.durability:
-            log.warning("takes effect at the next restart", key="outbox.durability")
         logs.configure(new.log.level, new.log.format)
         logs.set_secrets(new.secrets() + old.secrets())
-        self._listener.routes = Routes(new)
+        self._listener.routes = routes
         self._listener.verifier_token = new.quickbooks.webhook_verifier_token
+        self._listener.path = new.http.webhook_path
+        self._listener.max_body_bytes = new.http.max_body_bytes
         self._outbox.max_pending = new.outbox.max_pending
-        self._sender.configure(new.delivery, targets_from(new))
+        self._outbox.dedupe_window = new.outbox.dedupe_window_days * 86400
+        self._sender.configure(new.delivery, targets)
         if self._pollers is not None:
             self._pollers.apply(new)
         self.config = new
@@ -251,9 +271,9 @@ class Daemon:
         for name in instances:
             self._sender.wake(name)
 
-    def _webhook_app(self, config: Config) -> web.Application:
+    def _webhook_app(self) -> web.Application:
         assert self._listener is not None
-        return self._listener.app(config.http.webhook_path, config.http.max_body_bytes)
+        return self._listener.app()
 
     def _health_app(self) -> web.Application:
         return health_app(
@@ -335,6 +355,17 @@ class Daemon:
             },
             "deliveries": self._sender.stats() if self._sender else {},
         }
+
+
+async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+    except OSError:
+        await runner.cleanup()
+        raise
+    return runner
 
 
 def _client_session() -> aiohttp.ClientSession:

@@ -17,6 +17,7 @@ from msgspec import Meta, field
 
 from qbo_events.errors import ConfigError
 from qbo_events.quickbooks.resources import BY_NAME, parse_resource_list
+from qbo_events.sinks.signing import key_bytes
 
 Positive = Annotated[float, Meta(gt=0)]
 PositiveInt = Annotated[int, Meta(gt=0)]
@@ -326,6 +327,17 @@ def validate(config: Config) -> list[str]:
             parse_listen(getattr(config.http, key))
         except ValueError as exc:
             problems.append(f"http.{key}: {exc}")
+    for key, value in (
+        ("delivery.timeout", config.delivery.timeout),
+        ("delivery.shutdown_timeout", config.delivery.shutdown_timeout),
+        ("outbox.dedupe_window_days", config.outbox.dedupe_window_days),
+        *(
+            (f"delivery.retry_schedule[{i}]", v)
+            for i, v in enumerate(config.delivery.retry_schedule)
+        ),
+    ):
+        if not math.isfinite(value):
+            problems.append(f"{key}: must be a finite number")
     if not config.http.webhook_path.startswith("/"):
         problems.append("http.webhook_path: must start with /")
     if not config.delivery.retry_schedule:
@@ -399,4 +411,12 @@ def _validate_event(event: EventSettings, where: str) -> list[str]:
     else:
         if since is not None and since > dt.datetime.now(dt.UTC):
             problems.append(f"{where}.poller.since: must not be in the future")
+    if not math.isfinite(poller.overlap):
+        problems.append(f"{where}.poller.overlap: must be a finite number of seconds")
+    key = event.notification.signature.key
+    if key:
+        try:
+            key_bytes(key)
+        except ValueError as exc:
+            problems.append(f"{where}.notification.signature.key: {exc}")
     return problems

@@ -252,12 +252,16 @@ class Outbox:
     ) -> None:
         self._committing = False
         error = done.exception()
+        # /readyz reports an outbox that cannot commit (a full disk, say) until one succeeds.
+        self.writable = error is None
         if error is None:
             self.commits += 1
         else:
             outcomes = [(False, OutboxError(f"outbox commit failed: {error}"))] * len(batch)
-        _settle(batch, outcomes)
-        self._begin()
+        try:
+            _settle(batch, outcomes)
+        finally:
+            self._begin()
 
     async def _run(
         self, op: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
@@ -375,6 +379,8 @@ class Outbox:
         now = self._clock()
         skipping = set(skip)
 
+        broken: list[int] = []
+
         def op(conn: sqlite3.Connection) -> tuple[list[Row], float | None]:
             cur = conn.execute(
                 "SELECT seq, attempts, accepted_at, body FROM outbox AS o"
@@ -384,11 +390,14 @@ class Outbox:
                 " ORDER BY next_at, seq LIMIT ?",
                 (instance, now, limit + len(skipping)),
             )
-            rows = [
-                Row(seq, attempts, accepted_at, _decode_event(body))
-                for seq, attempts, accepted_at, body in cur
-                if seq not in skipping
-            ][:limit]
+            rows: list[Row] = []
+            for seq, attempts, accepted_at, body in cur:
+                if seq in skipping or len(rows) == limit:
+                    continue
+                try:
+                    rows.append(Row(seq, attempts, accepted_at, _decode_event(body)))
+                except msgspec.DecodeError:
+                    broken.append(seq)
             later = conn.execute(
                 "SELECT MIN(next_at) FROM outbox WHERE instance = ? AND state = 'pending'"
                 " AND next_at > ?",
@@ -396,20 +405,26 @@ class Outbox:
             ).fetchone()[0]
             return rows, later
 
-        return self._read(op)
+        result = self._read(op)
+        for seq in broken:
+            # Kept for a person to look at, out of the senders' way.
+            await self.dead_letter(seq, 0, "the stored event cannot be decoded")
+        return result
 
     async def instances_with_work(self) -> dict[str, float]:
-        """Each instance that has undelivered rows, with its earliest next attempt."""
+        """Each instance that has undelivered rows, with its earliest next attempt. Also
+        re-counts the undelivered rows, which another process (`deliveries retry`) may change."""
 
-        def op(conn: sqlite3.Connection) -> dict[str, float]:
-            return dict(
-                conn.execute(
-                    "SELECT instance, MIN(next_at) FROM outbox WHERE state = 'pending'"
-                    " GROUP BY instance"
-                ).fetchall()
-            )
+        def op(conn: sqlite3.Connection) -> tuple[dict[str, float], int]:
+            rows = conn.execute(
+                "SELECT instance, MIN(next_at), COUNT(*) FROM outbox WHERE state = 'pending'"
+                " GROUP BY instance"
+            ).fetchall()
+            return {name: at for name, at, _ in rows}, sum(count for _, _, count in rows)
 
-        return self._read(op)
+        # The reader sees what is committed, and so does the counter: the two agree here.
+        work, self.pending = self._read(op)
+        return work
 
     async def delivered(self, seq: int) -> None:
         """Remove a delivered row. The rows delivered within one turn of the event loop go in
@@ -538,8 +553,9 @@ class Outbox:
 def _settle(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:
     for (_, future, on_commit), (ok, value) in zip(batch, outcomes, strict=True):
         if ok and on_commit is not None:
-            on_commit(value)
-        if future.cancelled():
+            with contextlib.suppress(Exception):  # bookkeeping must not strand the futures
+                on_commit(value)
+        if future.done():
             continue
         if ok:
             future.set_result(value)

@@ -182,6 +182,10 @@ class TokenManager:
     def _fresh(self, tokens: Tokens) -> bool:
         return bool(tokens.access_token) and self._clock() < tokens.access_expires_at - self._margin
 
+    def forget(self) -> None:
+        """Read the store again at the next use: `qbo-events authorize` may have written to it."""
+        self._tokens = None
+
     async def _current(self) -> Tokens:
         """The tokens to use, read from the store on first use and while re-authorization is due."""
         if self._rotation is not None:

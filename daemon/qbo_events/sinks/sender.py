@@ -38,6 +38,8 @@ _ORPHAN_RECHECK = 60.0
 _RESCAN = 5.0
 # Rows fetched per query when fewer slots are free: most deliveries then start without one.
 _FETCH_AHEAD = 32
+# How long an instance's deliveries pause when the outbox cannot record outcomes.
+_OUTBOX_TROUBLE_WAIT = 5.0
 # Fetched-ahead rows held in memory at most, over all instances.
 _READY_LIMIT = 512
 
@@ -260,6 +262,10 @@ class Sender:
                 await self._attempt(row, target)
             except DeliveryError as exc:
                 failure = exc
+            except Exception as exc:
+                # A bug here must cost one attempt of one event, not the daemon.
+                log.exception("delivery attempt failed unexpectedly", seq=row.seq)
+                failure = DeliveryError(f"internal error: {type(exc).__name__}")
             finally:
                 # The exchange is over: its sender and endpoint slot may serve another row
                 # while this outcome is written to the outbox.
@@ -275,11 +281,14 @@ class Sender:
                 self._metrics.delivery_latency.observe(self._clock() - row.accepted_at)
         except OutboxError as exc:
             log.error("could not record a delivery outcome", seq=row.seq, error=str(exc))
+            # The row is still due; sending it again at once would only repeat the failure.
+            self._next_due[target.instance] = self._clock() + _OUTBOX_TROUBLE_WAIT
+        else:
+            # Rows waiting behind this one (same object) may go now.
+            self._next_due[target.instance] = 0.0
         finally:
             self._tasks -= 1
             self._inflight[target.instance].discard(row.seq)
-            # Rows waiting behind this one (same object) may go now.
-            self._next_due[target.instance] = 0.0
             if not self._tasks:
                 self._idle.set()
             self._wakeup.set()

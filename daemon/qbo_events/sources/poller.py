@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -21,6 +22,7 @@ from qbo_events.config import Instance
 from qbo_events.errors import (
     NeedsReauthorization,
     OutboxClosed,
+    OutboxError,
     OutboxFull,
     QuickBooksError,
     QuickBooksUnavailable,
@@ -86,7 +88,8 @@ class ResourceLoop:
         self._metrics = metrics
         self._on_accepted = on_accepted
         self._clock = clock
-        self.stop = asyncio.Event()
+        self.stopped = False
+        self._wakeup = asyncio.Event()
         self.state = LoopState.STARTING
         self.cursor: str | None = None
         self.last_poll_at: str | None = None
@@ -114,43 +117,73 @@ class ResourceLoop:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def halt(self) -> None:
+        """Ask the loop to end after its current poll."""
+        self.stopped = True
+        self._wakeup.set()
+
+    def reconfigure(self, instance: Instance) -> None:
+        """New settings (interval, overlap): the loop's current wait is re-timed at once."""
+        self.instance = instance
+        self._wakeup.set()
+
     async def run(self, first_delay: float) -> None:
-        """Poll until `self.stop` is set; the first poll after `first_delay` seconds."""
+        """Poll until halted; the first poll after `first_delay` seconds."""
         try:
-            await self._sleep(first_delay)
+            # The first cursor is the start time, not the first poll's, so that the changes
+            # made while the first polls are spread out are not skipped.
+            with contextlib.suppress(OutboxError):
+                await self._cursor(self._clock())
+            await self._wait(self._clock(), first_delay)
             backoff = BACKOFF_START
-            while not self.stop.is_set():
+            while not self.stopped:
                 started = self._clock()
-                delay = self.instance.event.poller.interval_seconds
+                pause: float | None = None  # None: the interval, as configured at the time
                 try:
                     await self.poll_once()
                     backoff = BACKOFF_START
                 except NeedsReauthorization:
                     self.state = LoopState.REAUTH
                     self.last_error = "refresh token refused (invalid_grant): authorize again"
-                    self.log.error("polling stopped: needs re-authorization")
-                    await self.stop.wait()
-                    break
+                    self.log.error("polling paused: needs re-authorization")
+                    pause = math.inf  # until a reload (after `qbo-events authorize`) wakes it
                 except (OutboxFull, OutboxClosed) as exc:
                     # Backpressure: nothing advanced; try again soon.
                     self.state = LoopState.WAITING
                     self.last_error = str(exc)
-                    delay = OUTBOX_FULL_WAIT
-                    started = self._clock()
+                    pause = OUTBOX_FULL_WAIT
                 except QuickBooksUnavailable as exc:
                     self._failed(exc)
-                    delay, backoff = min(backoff, delay), min(backoff * 2, delay)
-                    started = self._clock()
+                    pause, backoff = backoff, backoff * 2
                 except QuickBooksError as exc:
                     self._failed(exc)
-                await self._sleep(max(0.0, started + delay - self._clock()))
+                except Exception as exc:
+                    # Whatever went wrong, this loop must not take the others down with it.
+                    self.state = LoopState.ERROR
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.log.exception("poll failed unexpectedly")
+                    pause, backoff = backoff, backoff * 2
+                await self._wait(started, pause)
         finally:
             self.state = LoopState.STOPPED
 
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await self.stop.wait()
+    async def _wait(self, since: float, pause: float | None) -> None:
+        """Until `since + pause` (never past the interval), or a halt. A reconfigure re-reads
+        the interval; it also ends an endless pause, so the loop tries again."""
+        while not self.stopped:
+            self._wakeup.clear()
+            interval = self.instance.event.poller.interval_seconds
+            seconds = interval if pause is None else pause
+            if not math.isinf(seconds):
+                seconds = min(seconds, interval)
+            remaining = since + seconds - self._clock()
+            if remaining <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if math.isinf(remaining) else remaining):
+                    await self._wakeup.wait()
+            if math.isinf(seconds) and not self.stopped:
+                return
 
     def _failed(self, exc: QuickBooksError) -> None:
         self.state = LoopState.ERROR

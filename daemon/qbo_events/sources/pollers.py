@@ -52,7 +52,7 @@ class Pollers:
             self.apply(config)
             await stop.wait()
             for loop in self._loops.values():
-                loop.stop.set()
+                loop.halt()
         self._group = None
 
     def apply(self, config: Config) -> None:
@@ -79,11 +79,12 @@ class Pollers:
             self._client_key = client_key
         wanted: dict[tuple[str, str], Instance] = {}
         for inst in config.instances:
-            if inst.polls:
+            # An instance with notifications off takes no events: nothing it found could leave.
+            if inst.polls and inst.event.notification.enabled:
                 for name in inst.event.poller.resources:
                     wanted[(inst.name, name)] = inst
         for key in [k for k in self._loops if k not in wanted]:
-            self._loops.pop(key).stop.set()
+            self._loops.pop(key).halt()
             log.info("poll loop stopped", instance=key[0], resource=key[1])
         polling = {inst.name: inst for inst in wanted.values()}
         for name in [n for n in self._tokens if n not in polling]:
@@ -97,11 +98,12 @@ class Pollers:
         for index, (key, inst) in enumerate(ordered):
             loop = self._loops.get(key)
             tokens = self._tokens[inst.name]
-            if loop is not None and loop.tokens is tokens and loop.client is self._client:
-                loop.instance = inst  # a new interval or overlap applies from the next poll
-                continue
             if loop is not None:
-                loop.stop.set()
+                same = (loop.instance.realm_id, loop.tokens, loop.client)
+                if same == (inst.realm_id, tokens, self._client):
+                    loop.reconfigure(inst)  # a new interval applies to the wait under way
+                    continue
+                loop.halt()
             loop = ResourceLoop(
                 instance=inst,
                 resource=BY_NAME[key[1]],
@@ -125,6 +127,7 @@ class Pollers:
         # refresh token meanwhile.
         unchanged = current is not None and self._token_key[inst.name] == key
         if unchanged and current is not None and not current.needs_reauthorization:
+            current.forget()
             return
         self._tokens[inst.name] = TokenManager(
             instance=inst.name,

@@ -31,6 +31,8 @@ class WebhookListener:
         verifier_token: str,
         metrics: Metrics,
         on_accepted: Callable[[set[str]], None],
+        path: str,
+        max_body_bytes: int,
     ) -> None:
         self._outbox = outbox
         self.routes = routes
@@ -38,15 +40,18 @@ class WebhookListener:
         self._metrics = metrics
         self._on_accepted = on_accepted
         self.accepting = True
+        self.path = path
+        self.max_body_bytes = max_body_bytes
         self.counts: Counter[str] = Counter()
         self._by_status: dict[int, Any] = {}
         self._accepted = metrics.events_accepted.labels(Source.WEBHOOK.value)
         self._duplicate = metrics.events_duplicate.labels(Source.WEBHOOK.value)
 
-    def app(self, path: str, max_body_bytes: int) -> web.Application:
-        # client_max_size makes request.read() answer 413 past the limit before buffering it.
-        app = web.Application(client_max_size=max_body_bytes)
-        app.router.add_post(path, self.handle)
+    def app(self) -> web.Application:
+        """One catch-all route: the path and the body limit are read per request, so that a
+        reload can change them without binding the socket again."""
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
         return app
 
     def stats(self) -> dict[str, Any]:
@@ -64,13 +69,20 @@ class WebhookListener:
         return response
 
     async def _handle(self, request: web.Request) -> web.Response:
+        if request.path != self.path:
+            return _json(404, "not found")
+        if request.method != "POST":
+            response = _json(405, "method not allowed")
+            response.headers["Allow"] = "POST"
+            return response
         if not self.accepting:
             return _json(503, "shutting down")
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
+        body = await self._read(request)
+        if body is None:
             return _json(413, "body too large")
-        if not verify_intuit(self.verifier_token, body, request.headers.get("intuit-signature")):
+        # An empty verifier token would make every body "signed" by anyone.
+        header = request.headers.get("intuit-signature")
+        if not self.verifier_token or not verify_intuit(self.verifier_token, body, header):
             log.warning("webhook with a missing or wrong intuit-signature", bytes=len(body))
             return _json(401, "bad signature")
         try:
@@ -94,6 +106,20 @@ class WebhookListener:
         if new:
             self._on_accepted({e.instance for e in events})
         return web.Response(body=_OK, content_type="application/json")
+
+    async def _read(self, request: web.Request) -> bytes | None:
+        """The body, or None past `max_body_bytes` (checked before and while reading it)."""
+        limit = self.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     async def _quarantine(self, body: bytes, reason: str) -> web.Response:
         try:
