@@ -49,6 +49,23 @@ def intuit_sign(body: bytes, token: str = VERIFIER) -> str:
     return base64.b64encode(hmac.new(token.encode(), body, hashlib.sha256).digest()).decode()
 
 
+def post_webhook(url: str, body: bytes, *, signature: str | None = None, **headers: str) -> int:
+    """POST a webhook body, signed with the test verifier token unless `signature` is given."""
+    sig = intuit_sign(body) if signature is None else signature
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"intuit-signature": sig, "Content-Type": "application/json", **headers},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code)
+
+
 class Receiver:
     """A callback endpoint on 127.0.0.1 in its own thread, verifying every delivery's signatures.
 
@@ -248,19 +265,7 @@ class DaemonProcess:
         wait_for(ready, timeout, "the daemon to be ready")
 
     def post(self, body: bytes, *, signature: str | None = None, **headers: str) -> int:
-        sig = intuit_sign(body) if signature is None else signature
-        request = urllib.request.Request(
-            self.webhook_url,
-            data=body,
-            method="POST",
-            headers={"intuit-signature": sig, "Content-Type": "application/json", **headers},
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=10) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return int(exc.code)
+        return post_webhook(self.webhook_url, body, signature=signature, **headers)
 
     def signal(self, signum: int) -> None:
         assert self.proc is not None

@@ -18,8 +18,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +34,7 @@ from harness import (
     instance_toml,
     intuit_sign,
     legacy_body,
+    post_webhook,
     wait_for,
 )
 
@@ -342,25 +341,13 @@ def test_sighup_moves_the_webhook_path_body_limit_and_address(
     wait_for(lambda: status(d)["last_reload"]["at"], what="the reload")
     assert status(d)["last_reload"]["ok"] is True, status(d)["last_reload"]
     # Same port, all addresses now; the old path is gone and the new limit holds.
-    assert post_to(old_url, body) == 404
+    assert post_webhook(old_url, body) == 404
     new_url = old_url.replace("/webhooks/quickbooks", "/qbo")
-    assert post_to(new_url, body) == 413
+    assert post_webhook(new_url, body) == 413
     small = legacy_body("4101", ("Invoice", "x", "Create", AT))
-    assert post_to(new_url, small) == 200
+    assert post_webhook(new_url, small) == 200
     wait_for(lambda: receiver.count() == 1, what="the delivery through the new path")
     assert d.stop() == 0
-
-
-def post_to(url: str, body: bytes) -> int:
-    request = urllib.request.Request(
-        url, data=body, method="POST", headers={"intuit-signature": intuit_sign(body)}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return int(exc.code)
 
 
 @pytest.mark.parametrize(
