@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 import threading
 import time
@@ -498,3 +499,49 @@ def test_changes_made_before_a_resource_first_polls_are_delivered(
     made = sandbox.change(entity, "Create", 2)
     want = expected(made, waiting[0])
     wait_for(lambda: want <= delivered(receiver), timeout=30, what="the early changes")
+
+
+def test_a_backfill_older_than_cdc_allows_reads_live_objects_with_query(
+    sandbox_factory: Callable[..., SandboxProcess],
+    daemon_factory: Callable[..., DaemonProcess],
+    receiver: Receiver,
+) -> None:
+    # CDC refuses a window older than 30 days; the poller reads the live objects with Query.
+    since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=40)).isoformat(timespec="seconds")
+    sandbox = sandbox_factory(seed=3)
+    d = daemon_factory(
+        polling_instance(sandbox, "acme", receiver.url, '["invoices"]')
+        + f'event.poller.since = "{since}"\n',
+        settings=sandbox.quickbooks_settings(),
+    ).start()
+    wait_for(lambda: len(delivered(receiver)) >= 3, what="the seeded invoices")
+    assert {t for t, *_ in delivered(receiver)} == {"invoices"}
+    loop = d.health("/status")[1]["instances"]["acme"]["resources"]["invoices"]
+    assert loop["last_error"] is None and loop["last_success_at"]
+    assert "older than the 30 days CDC keeps" in d.stderr()
+
+
+def test_sigterm_does_not_wait_for_a_hanging_poll(
+    sandbox_factory: Callable[..., SandboxProcess],
+    daemon_factory: Callable[..., DaemonProcess],
+    receiver: Receiver,
+) -> None:
+    sandbox = sandbox_factory()
+    d = daemon_factory(
+        polling_instance(sandbox, "acme", receiver.url, '["invoices"]', interval=0.02),
+        settings=sandbox.quickbooks_settings(),
+    ).start()
+    wait_first_polls(d, "acme", 1)
+    sandbox.faults(slow=60)  # every API answer now takes a minute
+    wait_for(
+        lambda: (
+            d.health("/status")[1]["instances"]["acme"]["resources"]["invoices"]["state"]
+            == "polling"
+        ),
+        what="a poll to hang",
+    )
+    began = time.monotonic()
+    assert d.stop(timeout=30) == 0
+    # Polls under way get one second; nothing waits for the sandbox's minute.
+    assert time.monotonic() - began < 8
+    sandbox.faults(slow=0)

@@ -29,7 +29,7 @@ from qbo_events.errors import (
 )
 from qbo_events.events import Change, Source
 from qbo_events.metrics import Metrics
-from qbo_events.normalize import change_from_object
+from qbo_events.normalize import PACIFIC, change_from_object
 from qbo_events.outbox import Cursor, Outbox
 from qbo_events.quickbooks.client import QuickBooksClient, format_changed_since
 from qbo_events.quickbooks.oauth import TokenManager
@@ -40,10 +40,10 @@ log = structlog.get_logger("qbo_events.poller")
 
 CDC_CAP: Final = 1000
 PAGE: Final = 1000
-# Rows re-read at each page boundary: objects that change while we page move to the end of the
-# ordering and shift the rest back; re-reading absorbs that many shifts (dedupe drops repeats).
+# Rows re-read at a page boundary inside one second's objects, the one place paging goes by
+# offset: objects changing meanwhile shift the rest back by as many (dedupe drops repeats).
 PAGE_OVERLAP: Final = 50
-# CDC refuses windows older than 30 days; stay clear of the edge.
+# CDC refuses windows older than 30 days; past this, Query reads the live objects instead.
 CDC_HORIZON: Final = dt.timedelta(days=29, hours=23)
 # Entities QuickBooks "deletes" by setting Active=false, which Query hides unless asked.
 NAME_LISTS: Final = frozenset(
@@ -200,11 +200,16 @@ class ResourceLoop:
         self.last_poll_at = _iso(now)
         cursor = await self._cursor(now)
         since = cursor - dt.timedelta(seconds=self.instance.event.poller.overlap)
-        since = max(since, _utc(now) - CDC_HORIZON)
         began = time.monotonic()
-        if self.resource.cdc:
+        if self.resource.cdc and since > _utc(now) - CDC_HORIZON:
             objects = await self._cdc(since)
         else:
+            if self.resource.cdc:
+                self.log.warning(
+                    "cursor older than the 30 days CDC keeps; reading live objects with Query"
+                    " (hard deletes in the gap cannot be recovered)",
+                    cursor=self.cursor,
+                )
             objects = await self._query(since)
         changes = self._changes(objects)
         events = poll_events(self.instance.name, self.resource.name, changes)
@@ -236,9 +241,6 @@ class ResourceLoop:
             return dt.datetime.fromisoformat(stored.replace("Z", "+00:00"))
         # First start of this (instance, resource): no backfill unless `since` asks for one.
         first = self.instance.event.poller.since_time or _utc(now)
-        if first < _utc(now) - CDC_HORIZON:
-            self.log.warning("poller.since is beyond the 30 days QuickBooks keeps; clamped")
-            first = _utc(now) - CDC_HORIZON
         self.cursor = _iso(first.timestamp())
         await self._outbox.accept(
             [], cursor=Cursor(self.instance.name, self.resource.name, self.cursor)
@@ -262,15 +264,17 @@ class ResourceLoop:
         return tombstones + await self._query(since)
 
     async def _query(self, since: dt.datetime) -> list[dict[str, Any]]:
+        """Every live object changed at or after `since`, paged by its LastUpdatedTime: each
+        page starts at the last page's newest time, so objects that change while we page
+        cannot shift others out of reach. Only a page that is all one second pages by offset."""
         entity = self.resource.entity
-        where = f"MetaData.LastUpdatedTime >= '{format_changed_since(since)}'"
-        if entity in NAME_LISTS:
-            where += " AND Active IN (true, false)"
+        active = " AND Active IN (true, false)" if entity in NAME_LISTS else ""
         objects: list[dict[str, Any]] = []
         start = 1
         while True:
             statement = (
-                f"SELECT * FROM {entity} WHERE {where} ORDERBY MetaData.LastUpdatedTime"
+                f"SELECT * FROM {entity} WHERE MetaData.LastUpdatedTime >="
+                f" '{format_changed_since(since)}'{active} ORDERBY MetaData.LastUpdatedTime"
                 f" STARTPOSITION {start} MAXRESULTS {PAGE}"
             )
             answer = await self.client.query(self.instance.realm_id, self.tokens, statement)
@@ -278,7 +282,11 @@ class ResourceLoop:
             objects += page
             if len(page) < PAGE:
                 return objects
-            start += PAGE - PAGE_OVERLAP
+            newest = max(map(_last_updated, page))
+            if newest > since:
+                since, start = newest, 1  # the repeats at `newest` are dropped as duplicates
+            else:
+                start += PAGE - PAGE_OVERLAP
 
     def _changes(self, objects: list[dict[str, Any]]) -> list[Change]:
         changes = []
@@ -290,6 +298,15 @@ class ResourceLoop:
             except ValueError as exc:
                 self.log.warning("object skipped: not understood", error=str(exc), id=obj.get("Id"))
         return changes
+
+
+def _last_updated(obj: dict[str, Any]) -> dt.datetime:
+    text = str((obj.get("MetaData") or {}).get("LastUpdatedTime") or "")
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+    return moment if moment.tzinfo else moment.replace(tzinfo=PACIFIC)
 
 
 def _utc(moment: float) -> dt.datetime:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import zlib
 from collections.abc import Callable
@@ -20,6 +21,13 @@ from qbo_events.quickbooks.resources import BY_NAME
 from qbo_events.sources.poller import ResourceLoop
 
 log = structlog.get_logger("qbo_events.pollers")
+
+# How long polls under way get to finish when the daemon stops.
+STOP_GRACE = 1.0
+
+
+class _Stopped(Exception):
+    """Raised inside the loops' group to cancel the polls still running at a stop."""
 
 
 class Pollers:
@@ -43,17 +51,31 @@ class Pollers:
         self._token_key: dict[str, tuple[Any, ...]] = {}
         self._loops: dict[tuple[str, str], ResourceLoop] = {}
         self._group: asyncio.TaskGroup | None = None
+        self._running = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._config: Config | None = None
 
     async def run(self, config: Config, stop: asyncio.Event) -> None:
         """Run the loops of `config` (and of later `apply` calls) until `stop`."""
-        async with asyncio.TaskGroup() as group:
-            self._group = group
-            self.apply(config)
-            await stop.wait()
-            for loop in self._loops.values():
-                loop.halt()
-        self._group = None
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                self.apply(config)
+                await stop.wait()
+                for loop in self._loops.values():
+                    loop.halt()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(STOP_GRACE):
+                        await self._idle.wait()
+                if not self._idle.is_set():
+                    # A poll that is cancelled commits nothing: its events and its cursor go
+                    # into the outbox together or not at all. So a stop need not wait for it.
+                    raise _Stopped
+        except* _Stopped:
+            pass
+        finally:
+            self._group = None
 
     def apply(self, config: Config) -> None:
         """Start what is new, stop what is gone, hand changed settings to running loops."""
@@ -117,7 +139,17 @@ class Pollers:
             # Spread the first polls over the first interval, in a stable order.
             share = (index + zlib.crc32(inst.name.encode()) % count) % count / count
             first = inst.event.poller.interval_seconds * share
-            self._group.create_task(loop.run(first), name=f"poll:{key[0]}/{key[1]}")
+            self._group.create_task(self._run_loop(loop, first), name=f"poll:{key[0]}/{key[1]}")
+
+    async def _run_loop(self, loop: ResourceLoop, first_delay: float) -> None:
+        self._running += 1
+        self._idle.clear()
+        try:
+            await loop.run(first_delay)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
 
     def _tokens_for(self, config: Config, inst: Instance) -> None:
         qb = config.quickbooks
