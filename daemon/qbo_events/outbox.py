@@ -602,6 +602,8 @@ def _connect(path: Path, durability: str) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
-    conn.execute("PRAGMA busy_timeout = 5000")
+    # Writes run on the event loop: a command such as `deliveries retry` holding the lock may
+    # make it wait this long, and no longer.
+    conn.execute("PRAGMA busy_timeout = 1000")
     conn.executescript(_SCHEMA)
     return conn
