@@ -210,17 +210,17 @@ class Daemon:
 
     async def reload(self) -> bool:
         self.notifier.reloading()
-        self.last_reload["at"] = _now_iso()
         try:
             new = config_module.load(self.config_path)
             await self._apply(new)
         except Exception as exc:
             problems = exc.problems if isinstance(exc, ConfigError) else [f"{exc}"]
-            self.last_reload.update(ok=False, error=problems)
+            # `at` is when the reload was done with, so a reader of /status knows it is over.
+            self.last_reload.update(at=_now_iso(), ok=False, error=problems)
             log.error("reload rejected; the running configuration stays", problems=problems)
             self.notifier.ready()
             return False
-        self.last_reload.update(ok=True, error=None)
+        self.last_reload.update(at=_now_iso(), ok=True, error=None)
         log.info("reloaded", instances=len(new.instances))
         self.notifier.ready()
         self.notifier.status(self._summary())

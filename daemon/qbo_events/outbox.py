@@ -1,35 +1,26 @@
 """The durable SQLite outbox: accepted events, retries, dead letters, quarantine, cursors, tokens.
 
-This is the only module with SQL. Callers hand writes to the outbox as operations and await
-their futures; the operations that arrive while a transaction commits are committed together
-in the next one (group commit), so `durability = "full"` costs one fsync per batch, not per
-event. Reads go through a second connection and never wait for a commit.
+This is the only module with the outbox's SQL; `group_commit` runs it, so that with
+`durability = "full"` one fsync covers a batch of operations rather than each one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
 
-from qbo_events.errors import OutboxClosed, OutboxError, OutboxFull
+from qbo_events.errors import OutboxClosed, OutboxFull
 from qbo_events.events import Event
+from qbo_events.group_commit import GroupCommit, Operation
 from qbo_events.quickbooks.oauth import Tokens
 
 T = TypeVar("T")
-Operation = Callable[[sqlite3.Connection], Any]
-# An operation, the future its caller awaits, and what to do once it is committed (run even
-# if the caller stopped waiting, so the counters stay true).
-Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None"]
-
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -118,7 +109,7 @@ _decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
 class Outbox:
-    """`async with Outbox(path) as outbox:` opens the database and its writer thread."""
+    """`async with Outbox(path) as outbox:` opens the database; closing commits what is queued."""
 
     def __init__(
         self,
@@ -134,21 +125,12 @@ class Outbox:
         self.max_pending = max_pending
         self.dedupe_window = dedupe_window
         self._clock = clock
-        self._conn: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
-        self._committer: ThreadPoolExecutor | None = None
-        self._queue: list[Pending] = []
-        self._committing = False
-        self._scheduled = False
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._db = GroupCommit(path, durability, on_open=_SCHEMA)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self.pending = 0  # undelivered, not dead: what max_pending bounds
         self.accepted = 0
         self.duplicates = 0
-        self.commits = 0
-        self.writable = False
         self._last_prune = 0.0
         self._acks: list[int] = []
         self._acks_done: asyncio.Future[int] | None = None
@@ -164,12 +146,9 @@ class Outbox:
 
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._conn = _connect(self.path, self.durability)
-        self._reader = _connect_reader(self.path)
-        self._committer = ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
-        self.pending = _count_pending(self._reader)
+        self._db.open()
+        self.pending = self._read(_count_pending)
         self._accepting = True
-        self.writable = True
 
     def stop_intake(self) -> None:
         """From now on, accept() raises OutboxClosed; delivery bookkeeping still works."""
@@ -177,110 +156,23 @@ class Outbox:
 
     async def close(self) -> None:
         self._accepting = False
-        if self._conn is None:
-            return
-        await self._idle.wait()
-        assert self._committer is not None and self._reader is not None
-        self._committer.shutdown(wait=True)
-        self._conn.close()
-        self._reader.close()
-        self._conn = self._reader = self._committer = None
-        self.writable = False
+        await self._db.close()
 
-    # -- group commit --------------------------------------------------------------------------
-    #
-    # Operations run on the event loop's thread, as soon as no commit is under way; the COMMIT
-    # (the fsync) runs on a helper thread, and whatever arrives meanwhile forms the next batch.
-    # Keeping the Python work on one thread spares it the GIL hand-offs a writer thread costs.
+    @property
+    def writable(self) -> bool:
+        return self._db.writable
 
-    def _submit(
-        self,
-        op: Operation,
-        future: asyncio.Future[Any],
-        on_commit: Callable[[Any], None] | None = None,
-    ) -> None:
-        if self._conn is None or self._loop is None:
-            future.set_exception(OutboxClosed("the outbox is closed"))
-            return
-        self._queue.append((op, future, on_commit))
-        self._idle.clear()
-        if not self._committing and not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._begin)
-
-    def _begin(self) -> None:
-        self._scheduled = False
-        if self._committing:
-            return
-        batch, self._queue = self._queue, []
-        if not batch or self._conn is None or self._loop is None:
-            self._idle.set()
-            return
-        try:
-            outcomes = self._execute(self._conn, batch)
-        except sqlite3.Error as exc:
-            _settle(batch, [(False, OutboxError(f"outbox unavailable: {exc}"))] * len(batch))
-            self._loop.call_soon(self._begin)
-            return
-        self._committing = True
-        commit = self._loop.run_in_executor(self._committer, _commit, self._conn)
-        commit.add_done_callback(lambda done: self._committed(done, batch, outcomes))
-
-    @staticmethod
-    def _execute(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[bool, Any]]:
-        """Run the batch in one open transaction. An operation that raises is left out and
-        the rest run again from a clean start, so it cannot undo its batch-mates' work."""
-        failed: dict[int, Exception] = {}
-        while True:
-            conn.execute("BEGIN IMMEDIATE")
-            outcomes: list[tuple[bool, Any]] = []
-            for index, (op, _, _) in enumerate(batch):
-                if index in failed:
-                    outcomes.append((False, failed[index]))
-                    continue
-                try:
-                    outcomes.append((True, op(conn)))
-                except Exception as exc:
-                    conn.execute("ROLLBACK")
-                    failed[index] = exc
-                    break
-            else:
-                return outcomes
-
-    def _committed(
-        self, done: asyncio.Future[None], batch: list[Pending], outcomes: list[tuple[bool, Any]]
-    ) -> None:
-        self._committing = False
-        error = done.exception()
-        # /readyz reports an outbox that cannot commit (a full disk, say) until one succeeds.
-        self.writable = error is None
-        if error is None:
-            self.commits += 1
-        else:
-            outcomes = [(False, OutboxError(f"outbox commit failed: {error}"))] * len(batch)
-        try:
-            _settle(batch, outcomes)
-        finally:
-            self._begin()
+    @property
+    def commits(self) -> int:
+        return self._db.commits
 
     async def _run(
         self, op: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
     ) -> T:
-        if self._loop is None:
-            raise OutboxClosed("the outbox is closed")
-        future: asyncio.Future[T] = self._loop.create_future()
-        self._submit(op, future, on_commit)
-        # A caller that stops waiting does not stop the operation: it commits all the same.
-        return await future
+        return await self._db.run(op, on_commit)
 
     def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """Reads use their own connection: they see committed rows and never wait for a commit."""
-        if self._reader is None:
-            raise OutboxClosed("the outbox is closed")
-        try:
-            return op(self._reader)
-        except sqlite3.Error as exc:
-            raise OutboxError(f"outbox read failed: {exc}") from None
+        return self._db.read(op)
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -429,7 +321,7 @@ class Outbox:
     async def delivered(self, seq: int) -> None:
         """Remove a delivered row. The rows delivered within one turn of the event loop go in
         one operation: at thousands of deliveries a second, one each would crowd the writer."""
-        if self._conn is None or self._loop is None:
+        if not self._db.is_open or self._loop is None:
             raise OutboxClosed("the outbox is closed")
         self._acks.append(seq)
         if self._acks_done is None:
@@ -446,7 +338,7 @@ class Outbox:
             rows = [(seq,) for seq in seqs]
             return conn.executemany("DELETE FROM outbox WHERE seq = ?", rows).rowcount
 
-        self._submit(op, future, self._acked)
+        self._db.submit(op, future, self._acked)
 
     def _acked(self, count: int) -> None:
         self.pending -= count
@@ -550,60 +442,9 @@ class Outbox:
         return f"<Outbox {self.path} pending={self.pending} commits={self.commits}>"
 
 
-def _settle(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:
-    for (_, future, on_commit), (ok, value) in zip(batch, outcomes, strict=True):
-        if ok and on_commit is not None:
-            with contextlib.suppress(Exception):  # bookkeeping must not strand the futures
-                on_commit(value)
-        if future.done():
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-
-def _commit(conn: sqlite3.Connection) -> None:
-    try:
-        conn.execute("COMMIT")
-    except sqlite3.Error:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-
-
 def _count_pending(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
 
 
 def _prune(before: float) -> Operation:
     return lambda conn: conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (before,))
-
-
-def prepare_state_dir(path: Path) -> None:
-    """The state directory is 0700: it holds tokens and the events' raw bodies."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-def _connect_reader(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn
-
-
-def _connect(path: Path, durability: str) -> sqlite3.Connection:
-    prepare_state_dir(path.parent)
-    # Create the file 0600 before SQLite does; its -wal and -shm files copy these permissions.
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
-    # Writes run on the event loop: a command such as `deliveries retry` holding the lock may
-    # make it wait this long, and no longer.
-    conn.execute("PRAGMA busy_timeout = 1000")
-    conn.executescript(_SCHEMA)
-    return conn
