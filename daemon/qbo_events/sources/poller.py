@@ -89,6 +89,7 @@ class ResourceLoop:
         self._on_accepted = on_accepted
         self._clock = clock
         self.stopped = False
+        self._server_start: float | None = None
         self._wakeup = asyncio.Event()
         self.state = LoopState.STARTING
         self.cursor: str | None = None
@@ -201,6 +202,7 @@ class ResourceLoop:
         cursor = await self._cursor(now)
         since = cursor - dt.timedelta(seconds=self.instance.event.poller.overlap)
         began = time.monotonic()
+        self._server_start = None
         if self.resource.cdc and since > _utc(now) - CDC_HORIZON:
             objects = await self._cdc(since)
         else:
@@ -213,7 +215,9 @@ class ResourceLoop:
             objects = await self._query(since)
         changes = self._changes(objects)
         events = poll_events(self.instance.name, self.resource.name, changes)
-        new_cursor = _iso(now)
+        # The next poll starts where QuickBooks' clock stood when this one began, or ours if
+        # that is earlier: a host clock running ahead must not step over changes.
+        new_cursor = _iso(min(now, self._server_start or now))
         new = await self._outbox.accept(
             events, cursor=Cursor(self.instance.name, self.resource.name, new_cursor)
         )
@@ -249,7 +253,9 @@ class ResourceLoop:
 
     async def _cdc(self, since: dt.datetime) -> list[dict[str, Any]]:
         entity = self.resource.entity
+        asked = time.monotonic()
         answer = await self.client.cdc(self.instance.realm_id, self.tokens, [entity], since)
+        self._note_server_time(answer, asked)
         objects: list[dict[str, Any]] = []
         for element in answer.get("CDCResponse") or ():
             for block in element.get("QueryResponse") or ():
@@ -277,7 +283,9 @@ class ResourceLoop:
                 f" '{format_changed_since(since)}'{active} ORDERBY MetaData.LastUpdatedTime"
                 f" STARTPOSITION {start} MAXRESULTS {PAGE}"
             )
+            asked = time.monotonic()
             answer = await self.client.query(self.instance.realm_id, self.tokens, statement)
+            self._note_server_time(answer, asked)
             page = (answer.get("QueryResponse") or {}).get(entity) or []
             objects += page
             if len(page) < PAGE:
@@ -287,6 +295,19 @@ class ResourceLoop:
                 since, start = newest, 1  # the repeats at `newest` are dropped as duplicates
             else:
                 start += PAGE - PAGE_OVERLAP
+
+    def _note_server_time(self, answer: dict[str, Any], asked: float) -> None:
+        """From the poll's first answer: QuickBooks' clock when the request went out, taken as
+        the answer's `time` less the round trip."""
+        if self._server_start is not None:
+            return
+        try:
+            stamp = dt.datetime.fromisoformat(str(answer.get("time")).replace("Z", "+00:00"))
+        except ValueError:
+            return
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=PACIFIC)
+        self._server_start = stamp.timestamp() - (time.monotonic() - asked)
 
     def _changes(self, objects: list[dict[str, Any]]) -> list[Change]:
         changes = []
