@@ -48,6 +48,13 @@ class GroupCommit:
     def is_open(self) -> bool:
         return self._conn is not None
 
+    @property
+    def quiet(self) -> bool:
+        """Nothing queued or committing: what a read sees is all that counters kept beside
+        the database have been told of (a commit under way is visible to readers before its
+        `on_commit` has run)."""
+        return not self._committing and not self._queue
+
     def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._conn = _connect(self.path, self.durability, self._schema)

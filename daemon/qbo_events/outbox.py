@@ -314,8 +314,9 @@ class Outbox:
             ).fetchall()
             return {name: at for name, at, _ in rows}, sum(count for _, _, count in rows)
 
-        # The reader sees what is committed, and so does the counter: the two agree here.
-        work, self.pending = self._read(op)
+        work, pending = self._read(op)
+        if self._db.quiet:
+            self.pending = pending
         return work
 
     async def delivered(self, seq: int) -> None:
