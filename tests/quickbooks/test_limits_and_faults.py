@@ -10,9 +10,9 @@ from qbo_events.quickbooks.client import (
     RealmLimiter,
     format_changed_since,
     parse_fault,
-    parse_retry_after,
 )
 from qbo_events.quickbooks.oauth import Tokens, api_base_for, token_url_for
+from qbo_events.sinks.retry import parse_retry_after
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import email.utils
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
@@ -25,6 +24,7 @@ from qbo_events.errors import (
     QuickBooksUnavailable,
 )
 from qbo_events.quickbooks.oauth import TokenManager
+from qbo_events.sinks.retry import parse_retry_after
 
 # Intuit's per-second limit per realm and app, which holds whatever the per-minute setting says.
 REQUESTS_PER_SECOND: Final = 10
@@ -47,24 +47,6 @@ def format_changed_since(moment: datetime) -> str:
         )
     # Truncating the fraction moves the start earlier, which only widens the window.
     return moment.isoformat(timespec="seconds")
-
-
-def parse_retry_after(value: str | None, now: float) -> float | None:
-    """Seconds from a Retry-After header (seconds or an HTTP date); None when absent or bad."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - now)
 
 
 class Fault(msgspec.Struct, frozen=True):
