@@ -437,6 +437,7 @@ class Outbox:
             "duplicates": self.duplicates,
             "commits": self.commits,
             "writable": self.writable,
+            "slow_storage": self._db.threaded,
         }
 
     def __repr__(self) -> str:

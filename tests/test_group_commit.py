@@ -1,0 +1,94 @@
+"""The group commit on real SQLite files: batching, isolation of a failing operation, and
+commits moving to the helper thread when storage is slow."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from qbo_events.errors import OutboxError
+from qbo_events.group_commit import GroupCommit
+
+pytestmark = pytest.mark.anyio
+
+SCHEMA = "CREATE TABLE IF NOT EXISTS t (n INTEGER PRIMARY KEY);"
+
+
+def insert(n: int) -> Callable[[sqlite3.Connection], int]:
+    def op(conn: sqlite3.Connection) -> int:
+        conn.execute("INSERT INTO t (n) VALUES (?)", (n,))
+        return n
+
+    return op
+
+
+def stored(path: Path) -> list[int]:
+    with sqlite3.connect(path) as conn:
+        return [n for (n,) in conn.execute("SELECT n FROM t ORDER BY n")]
+
+
+async def test_concurrent_writes_share_commits_and_all_land(tmp_path: Path) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA)
+    db.open()
+    try:
+        results = await asyncio.gather(*(db.run(insert(n)) for n in range(200)))
+        assert results == list(range(200))
+        assert 1 <= db.commits < 200, db.commits
+    finally:
+        await db.close()
+    assert stored(tmp_path / "o.db") == list(range(200))
+
+
+async def test_a_failing_operation_does_not_undo_its_batch_mates(tmp_path: Path) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA)
+    db.open()
+    try:
+        outcomes = await asyncio.gather(
+            db.run(insert(1)),
+            db.run(insert(1)),  # the primary key refuses it
+            db.run(insert(2)),
+            return_exceptions=True,
+        )
+    finally:
+        await db.close()
+    assert outcomes[0] == 1 and outcomes[2] == 2
+    assert isinstance(outcomes[1], sqlite3.IntegrityError)
+    assert stored(tmp_path / "o.db") == [1, 2]
+
+
+async def test_slow_commits_move_to_the_helper_thread_and_still_land(tmp_path: Path) -> None:
+    # Any commit is "slow" against a zero threshold: the first one moves the rest off the loop.
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA, slow_commit=0.0)
+    db.open()
+    try:
+        assert not db.threaded
+        await db.run(insert(0))
+        assert db.threaded
+        results = await asyncio.gather(*(db.run(insert(n)) for n in range(1, 50)))
+        assert results == list(range(1, 50))
+        assert db.threaded
+    finally:
+        await db.close()
+    assert stored(tmp_path / "o.db") == list(range(50))
+
+
+async def test_quick_commits_stay_on_the_loop(tmp_path: Path) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA, slow_commit=60.0)
+    db.open()
+    try:
+        for n in range(20):
+            await db.run(insert(n))
+        assert not db.threaded
+        assert 0.0 < db.commit_seconds < 60.0
+    finally:
+        await db.close()
+    assert stored(tmp_path / "o.db") == list(range(20))
+
+
+async def test_a_closed_database_refuses_work(tmp_path: Path) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA)
+    with pytest.raises(OutboxError):
+        await db.run(insert(1))
