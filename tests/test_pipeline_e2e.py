@@ -334,3 +334,52 @@ def test_an_empty_verifier_token_refuses_every_webhook(daemon_factory: Factory) 
     body = b"not json at all"
     assert d.post(body, signature=intuit_sign(body, "")) == 401
     assert d.health("/status")[1]["outbox"]["quarantined"] == 0
+
+
+def _raw_request(port: int, head: bytes, body: bytes, *, wait_for_continue: bool) -> list[bytes]:
+    """Send `head`; if asked, read the interim answer before the body. Returns each status line."""
+    import socket
+
+    lines = []
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        received = b""
+        if wait_for_continue:
+            while b"\r\n\r\n" not in received:
+                chunk = sock.recv(4096)
+                assert chunk, f"connection closed before an interim answer: {received!r}"
+                received += chunk
+            interim, _, received = received.partition(b"\r\n\r\n")
+            lines.append(interim.split(b"\r\n")[0])
+            if not interim.startswith(b"HTTP/1.1 100"):
+                return lines
+        sock.sendall(body)
+        while b"\r\n\r\n" not in received:
+            chunk = sock.recv(4096)
+            assert chunk, f"connection closed before an answer: {received!r}"
+            received += chunk
+        lines.append(received.split(b"\r\n")[0])
+    return lines
+
+
+def test_expect_100_continue_is_answered_after_the_length_check(
+    daemon_factory: Factory, receiver: Receiver
+) -> None:
+    d = daemon_factory(
+        instance_toml("acme", "777", receiver.url), settings="[http]\nmax_body_bytes = 4096"
+    ).start()
+    body = legacy_body("777", ("Invoice", "70", "Create", AT))
+
+    def head(length: int) -> bytes:
+        return (
+            b"POST /webhooks/quickbooks HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+            + f"intuit-signature: {intuit_sign(body)}\r\nContent-Length: {length}\r\n\r\n".encode()
+        )
+
+    lines = _raw_request(d.webhook_port, head(len(body)), body, wait_for_continue=True)
+    assert lines == [b"HTTP/1.1 100 Continue", b"HTTP/1.1 200 OK"]
+    wait_for(lambda: receiver.count() == 1, what="the delivery")
+    # Declared too large: refused at once, without asking for (or reading) the body.
+    lines = _raw_request(d.webhook_port, head(10_000), b"", wait_for_continue=True)
+    assert lines == [b"HTTP/1.1 413 Request Entity Too Large"]

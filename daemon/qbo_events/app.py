@@ -48,10 +48,12 @@ class Site:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.runner: web.AppRunner | None = None
+        self.runner: web.BaseRunner | None = None
         self.address = ""
 
-    async def bind(self, make_app: Callable[[], web.Application], address: str) -> None:
+    async def bind(
+        self, make_app: Callable[[], web.Application | web.Server], address: str
+    ) -> None:
         """Bind the new listener before closing the old one, so a bad address changes nothing.
         On the same port that cannot be done: there the old one closes first, and comes back
         if the new one fails."""
@@ -233,7 +235,7 @@ class Daemon:
         assert self._sender is not None and self._listener is not None
         assert self._outbox is not None
         routes, targets = Routes(new), targets_from(new)
-        moved: list[tuple[Site, Callable[[], web.Application], str]] = []
+        moved: list[tuple[Site, Callable[[], web.Application | web.Server], str]] = []
         try:
             if new.http.webhook_listen != old.http.webhook_listen:
                 await self._webhook_site.bind(self._webhook_app, new.http.webhook_listen)
@@ -271,7 +273,7 @@ class Daemon:
         for name in instances:
             self._sender.wake(name)
 
-    def _webhook_app(self) -> web.Application:
+    def _webhook_app(self) -> web.Server:
         assert self._listener is not None
         return self._listener.app()
 
@@ -357,8 +359,12 @@ class Daemon:
         }
 
 
-async def _serve(app: web.Application, host: str, port: int) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def _serve(app: web.Application | web.Server, host: str, port: int) -> web.BaseRunner:
+    runner: web.BaseRunner
+    if isinstance(app, web.Server):
+        runner = web.ServerRunner(app, handle_signals=False)
+    else:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, host, port, reuse_address=True).start()

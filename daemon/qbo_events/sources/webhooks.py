@@ -47,17 +47,16 @@ class WebhookListener:
         self._accepted = metrics.events_accepted.labels(Source.WEBHOOK.value)
         self._duplicate = metrics.events_duplicate.labels(Source.WEBHOOK.value)
 
-    def app(self) -> web.Application:
-        """One catch-all route: the path and the body limit are read per request, so that a
-        reload can change them without binding the socket again."""
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        return app
+    def app(self) -> web.Server:
+        """aiohttp's low-level server, with no router: the path and the body limit are read per
+        request, so that a reload can change them without binding the socket again, and one
+        path needs no routing table."""
+        return web.Server(self.handle, access_log=None)
 
     def stats(self) -> dict[str, Any]:
         return dict(self.counts)
 
-    async def handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.BaseRequest) -> web.Response:
         response = await self._handle(request)
         self.counts[f"http_{response.status}"] += 1
         counter = self._by_status.get(response.status)
@@ -68,7 +67,7 @@ class WebhookListener:
         counter.inc()
         return response
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.BaseRequest) -> web.Response:
         if request.path != self.path:
             return _json(404, "not found")
         if request.method != "POST":
@@ -107,11 +106,15 @@ class WebhookListener:
             self._on_accepted({e.instance for e in events})
         return web.Response(body=_OK, content_type="application/json")
 
-    async def _read(self, request: web.Request) -> bytes | None:
+    async def _read(self, request: web.BaseRequest) -> bytes | None:
         """The body, or None past `max_body_bytes` (checked before and while reading it)."""
         limit = self.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return None
+        # With no router, aiohttp leaves `Expect: 100-continue` to us; asked only once the
+        # declared length is known to fit, so an oversized body is refused before it is sent.
+        if request.version >= (1, 1) and _wants_continue(request):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
@@ -134,6 +137,10 @@ class WebhookListener:
 
 
 _OK = b'{"status": "ok"}'
+
+
+def _wants_continue(request: web.BaseRequest) -> bool:
+    return request.headers.get("Expect", "").lower() == "100-continue"
 
 
 def _json(status: int, message: str) -> web.Response:
