@@ -3,11 +3,13 @@ against a bare aiohttp server that only reads the body and answers 200.
 
 Same load generator (its own process, N connections back to back, every POST a distinct entity
 id so nothing is deduplicated), same run, same machine, rounds alternating between the targets.
-The daemon runs with durability "full" and one webhook instance whose callback is a local
-receiver answering 200 at once; after each daemon round the benchmark waits until the accepted
-events are delivered, so that backlog delivery does not steal CPU from the next round.
+The daemon runs with durability "full"; each 200 means the event is verified, normalized and
+fsynced in the outbox. Its one instance's callback endpoint accepts connections and never
+answers, so the events stay stored and no delivery shares the CPU with the intake. `--deliver`
+points the callback at a receiver answering 200 at once instead: the daemon then also delivers
+every event during the rounds, and the benchmark waits for the backlog after each daemon round.
 
-    python bench/ingest.py [--quick] [--rounds 3] [--duration 5] [--concurrency 64]
+    python bench/ingest.py [--quick] [--deliver] [--rounds 3] [--duration 5] [--concurrency 64]
 
 Target: median daemon req/s >= 0.6 x median bare req/s.
 """
@@ -45,10 +47,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--durability", default="full", choices=["full", "normal"])
     parser.add_argument(
-        "--no-delivery",
+        "--deliver",
         action="store_true",
-        help="intake alone: the callback endpoint accepts connections and never answers, with"
-        " one request in flight to it, so events are stored and none leaves during the rounds",
+        help="the callback answers 200 at once, so the daemon also delivers every event it"
+        " takes in, on the same cores (by default the callback hangs and none leaves)",
     )
     parser.add_argument(
         "--delivery", action="append", default=[], metavar="KEY=VALUE", help="[delivery] keys"
@@ -65,14 +67,16 @@ def main() -> int:
         f"  {a.rounds} rounds x {a.duration:g} s per target, {a.concurrency} connections,"
         f" single-entity signed legacy bodies, daemon durability {a.durability!r}"
     )
-    if a.no_delivery:
-        print("  INTAKE ONLY: the callback endpoint hangs; events are stored, none is delivered")
+    if a.deliver:
+        print("  WITH DELIVERY: the daemon also delivers every event it takes in")
+    else:
+        print("  intake: the callback endpoint hangs; events are stored, none is delivered")
         delivery = {"max_in_flight_per_endpoint": "1", "timeout": "3600", **delivery}
     if delivery:
         print(f"  delivery settings: {delivery}")
     results: dict[str, list[dict[str, object]]] = {"daemon": [], "bare": []}
     with workdir(a.keep) as tmp, Procs() as procs, socket.socket() as hole:
-        if a.no_delivery:
+        if not a.deliver:
             # Accepts (the kernel's backlog) and never answers: the one request hangs.
             hole.bind(("127.0.0.1", 0))
             hole.listen(8)
@@ -94,7 +98,7 @@ def main() -> int:
         pids = {"daemon": daemon.pid, "bare": bare.pid}
 
         def drain() -> float:
-            if a.no_delivery:
+            if not a.deliver:
                 return 0.0
             began = time.monotonic()
             wait_for(
@@ -124,7 +128,7 @@ def main() -> int:
                     warmup=0.5,
                 )
                 report["drain_s"] = drain() if name == "daemon" else 0.0
-                # The daemon's includes delivering the round's events (during and after it).
+                # With --deliver, the daemon's includes delivering the round's events.
                 report["cpu_us_per_req"] = (
                     1e6 * (cpu_seconds(pids[name]) - cpu0) / max(1, int(report["ok_total"]))
                 )
@@ -171,24 +175,29 @@ def main() -> int:
         )
     )
     print()
-    verdict = "MET" if ratio >= TARGET_RATIO else "MISSED"
-    print(f"ratio daemon/bare = {ratio:.2f}   (target >= {TARGET_RATIO}: {verdict})")
+    met = ratio >= TARGET_RATIO
+    if a.deliver:
+        verdict = "the target is for intake alone; run without --deliver"
+    else:
+        verdict = f"target >= {TARGET_RATIO}: {'MET' if met else 'MISSED'}"
+    print(f"ratio daemon/bare = {ratio:.2f}   ({verdict})")
     cpu = {n: median([float(r["cpu_us_per_req"]) for r in rs]) for n, rs in results.items()}
     print(
         f"CPU per request: daemon {cpu['daemon']:.0f} us = {cpu['daemon'] / cpu['bare']:.1f} x"
         f" bare {cpu['bare']:.0f} us (steadier than req/s when the machine is shared)"
     )
-    drains = [float(r["drain_s"]) for r in results["daemon"]]
+    drains = " / ".join(f"{float(r['drain_s']):.1f}" for r in results["daemon"])
     print(
-        f"daemon: outbox accepted {outbox['accepted']} events in {outbox['commits']} commits;"
-        f" backlog delivered after each round in {' / '.join(f'{d:.1f}' for d in drains)} s"
+        f"daemon: outbox accepted {outbox['accepted']} events in {outbox['commits']} commits"
+        + (f"; backlog delivered after each round in {drains} s" if a.deliver else "")
+        + ("; commits on the helper thread (slow storage)" if outbox["slow_storage"] else "")
     )
     print(
         "p50/p99: response latency seen by the load generator (closed loop, so it includes"
-        " queueing); CPU us/req: the target process's CPU per 200, the daemon's including the"
-        " delivery of those events"
+        " queueing); CPU us/req: the target process's CPU per 200"
+        + (", the daemon's including the delivery of those events" if a.deliver else "")
     )
-    return 0
+    return 0 if met or a.deliver else 1
 
 
 if __name__ == "__main__":
