@@ -1,16 +1,13 @@
-"""Pure parts of the QuickBooks client: the realm limiter on a fake clock, Fault bodies, formats."""
+"""Pure parts of the QuickBooks side: the realm limiter on a fake clock, Fault bodies, formats."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from qbo_events.quickbooks.client import (
-    Fault,
-    RealmLimiter,
-    format_changed_since,
-    parse_fault,
-)
+from qbo_events.quickbooks.client import format_changed_since
+from qbo_events.quickbooks.faults import Fault, parse_fault
+from qbo_events.quickbooks.limits import RealmLimiter
 from qbo_events.quickbooks.oauth import Tokens, api_base_for, token_url_for
 from qbo_events.sinks.retry import parse_retry_after
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import collections
-import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any, Final
 from urllib.parse import quote
-from xml.etree import ElementTree
 
 import aiohttp
 import msgspec
@@ -23,18 +20,13 @@ from qbo_events.errors import (
     QuickBooksRateLimited,
     QuickBooksUnavailable,
 )
+from qbo_events.quickbooks.faults import Fault, json_fault, parse_fault
+from qbo_events.quickbooks.limits import REQUESTS_PER_SECOND, RealmLimiter
 from qbo_events.quickbooks.oauth import TokenManager
 from qbo_events.sinks.retry import parse_retry_after
 
-# Intuit's per-second limit per realm and app, which holds whatever the per-minute setting says.
-REQUESTS_PER_SECOND: Final = 10
-# Each window is counted this much longer than Intuit's, because the clock here starts a request
-# a little before QuickBooks sees it arrive, and network jitter can bunch arrivals together; one
-# 429 costs the realm a minute, a tenth of a second per window costs almost nothing.
-WINDOW_MARGIN: Final = 0.1
 # Intuit ends any request that runs longer than 120 s; wait a little longer for its answer.
 REQUEST_TIMEOUT: Final = 130.0
-THROTTLE_CODES: Final = frozenset({"3001", "003001"})
 
 log = structlog.get_logger(__name__)
 
@@ -47,162 +39,6 @@ def format_changed_since(moment: datetime) -> str:
         )
     # Truncating the fraction moves the start earlier, which only widens the window.
     return moment.isoformat(timespec="seconds")
-
-
-class Fault(msgspec.Struct, frozen=True):
-    """The first error of a QuickBooks Fault, from whichever of its body shapes it came in."""
-
-    code: str = ""
-    type: str = ""
-    message: str = ""
-    detail: str = ""
-
-    @property
-    def throttled(self) -> bool:
-        return self.code in THROTTLE_CODES or "ThrottleExceeded" in self.message
-
-
-def parse_fault(body: bytes) -> Fault | None:
-    """A Fault in a JSON or XML body: `Fault`, the lower-case `fault`, or the gateway's shape."""
-    text = body.lstrip()
-    if text.startswith(b"<"):
-        return _xml_fault(text)
-    try:
-        data = msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return None
-    return _json_fault(data) if isinstance(data, dict) else None
-
-
-def _json_fault(data: Mapping[str, Any]) -> Fault | None:
-    envelope = data.get("Fault") or data.get("fault")
-    if isinstance(envelope, dict):
-        errors = envelope.get("Error") or envelope.get("error") or [{}]
-        first = errors[0] if isinstance(errors, list) and errors else {}
-        first = first if isinstance(first, dict) else {}
-        return Fault(
-            code=_text(first.get("code") or first.get("Code")),
-            type=_text(envelope.get("type") or envelope.get("Type")),
-            message=_text(first.get("Message") or first.get("message")),
-            detail=_text(first.get("Detail") or first.get("detail")),
-        )
-    # Intuit's gateway answers with a flat object instead: {"code", "type", "detail", ...}.
-    if "code" in data and "type" in data and ("detail" in data or "message" in data):
-        return Fault(
-            code=_text(data.get("code")),
-            type=_text(data.get("type")),
-            message=_text(data.get("message")),
-            detail=_text(data.get("detail")),
-        )
-    return None
-
-
-def _xml_fault(body: bytes) -> Fault | None:
-    try:
-        root = ElementTree.fromstring(body)
-    except ElementTree.ParseError:
-        return None
-    # Tags carry the namespace `{http://schema.intuit.com/finance/v3}`; match on the local name.
-    nodes = {node.tag.rpartition("}")[2]: node for node in root.iter() if isinstance(node.tag, str)}
-    fault = nodes.get("Fault")
-    if fault is None:
-        return None
-    error = nodes.get("Error")
-    message = nodes.get("Message")
-    detail = nodes.get("Detail")
-    return Fault(
-        code=error.get("code", "") if error is not None else "",
-        type=fault.get("type", ""),
-        message=(message.text or "").strip() if message is not None else "",
-        detail=(detail.text or "").strip() if detail is not None else "",
-    )
-
-
-def _text(value: object) -> str:
-    return "" if value is None else str(value)
-
-
-class _Window:
-    """Start times of the requests made within the last `span` seconds, at most `limit` of them."""
-
-    def __init__(self, limit: int, span: float) -> None:
-        self.limit = limit
-        self.span = span
-        self.starts: collections.deque[float] = collections.deque()
-
-    def delay(self, now: float) -> float:
-        # The same sum as the delay below, so a start is dropped exactly when its wait is over.
-        while self.starts and self.starts[0] + self.span <= now:
-            self.starts.popleft()
-        return 0.0 if len(self.starts) < self.limit else self.starts[0] + self.span - now
-
-
-class RealmLimiter:
-    """One realm's budget: requests per minute and per second, requests in flight, 429 pauses.
-
-    Sliding windows rather than a token bucket, so no 60 s span ever holds more than
-    `requests_per_minute` starts, which is how Intuit counts.
-    """
-
-    def __init__(
-        self,
-        *,
-        requests_per_minute: int,
-        max_concurrent_requests: int,
-        requests_per_second: int = REQUESTS_PER_SECOND,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
-        self.max_concurrent_requests = max_concurrent_requests
-        self._minute = _Window(requests_per_minute, 60.0 + WINDOW_MARGIN)
-        self._second = _Window(requests_per_second, 1.0 + WINDOW_MARGIN)
-        self._slots = asyncio.Semaphore(max_concurrent_requests)
-        self._clock = clock
-        self._sleep = sleep
-        self._paused_until = 0.0
-        self.in_flight = 0
-        self.max_in_flight = 0
-        self.pauses = 0
-
-    def pause(self, seconds: float) -> None:
-        """After a 429: no request of this realm starts for `seconds`."""
-        self._paused_until = max(self._paused_until, self._clock() + seconds)
-        self.pauses += 1
-
-    @property
-    def paused_for(self) -> float:
-        return max(0.0, self._paused_until - self._clock())
-
-    def stats(self) -> dict[str, object]:
-        return {
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-            "paused_for": round(self.paused_for, 3),
-            "pauses": self.pauses,
-        }
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        """Hold one of the realm's request slots, started within its rate and outside any pause."""
-        async with self._slots:
-            while True:
-                now = self._clock()
-                wait = max(
-                    self._paused_until - now, self._minute.delay(now), self._second.delay(now)
-                )
-                if wait <= 0:
-                    break
-                # Sleep exactly until the earliest moment the budget allows, then look again:
-                # a 429 elsewhere in the realm may have moved that moment meanwhile.
-                await self._sleep(wait)
-            self._minute.starts.append(now)
-            self._second.starts.append(now)
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
 
 
 class _Answer(msgspec.Struct, frozen=True):
@@ -285,7 +121,7 @@ class QuickBooksClient:
         answer = await self._get(realm_id, tokens, "cdc", params)
         # A CDC answer can be 200 with the Fault one level down, in place of a QueryResponse.
         for element in answer.get("CDCResponse") or ():
-            fault = _json_fault(element) if isinstance(element, dict) else None
+            fault = json_fault(element) if isinstance(element, dict) else None
             if fault is not None:
                 raise _fault_error(fault, 200, "")
         return answer
@@ -403,7 +239,7 @@ def _interpret(answer: _Answer) -> tuple[dict[str, Any] | None, Fault | None]:
         return None, parse_fault(answer.body)
     if not isinstance(data, dict):
         return None, None
-    return data, _json_fault(data)
+    return data, json_fault(data)
 
 
 def _describe(what: str, fault: Fault | None, *, detail: bool = True) -> str:
