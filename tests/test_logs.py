@@ -266,6 +266,12 @@ def test_encoded_forms_of_a_secret_are_redacted() -> None:
         ('{"refresh_token":"AB11abc"}', '{"refresh_token":"[REDACTED]"}'),
         ("client_secret=hunter2hunter2 next", "client_secret=[REDACTED] next"),
         ("key whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw used", "key [REDACTED] used"),
+        (
+            "token eyJlbmMiOiJBMTI4Q0JDIn0..iv_-x.cipher-text.tag expired",
+            "token [REDACTED] expired",
+        ),
+        ("id eyJraWQiOiJyczI1NiJ9.eyJzdWIiOiIxIn0.c2ln,", "id [REDACTED],"),
+        ("keyJumpers eyJ alone", "keyJumpers eyJ alone"),
         ("nothing to see: invoices 42 polled", "nothing to see: invoices 42 polled"),
         (
             "the bearer token expired, basic checks pass",

@@ -86,6 +86,9 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     # Real credentials are long; the length keeps prose such as "basic settings" intact.
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9\-._~+/]{16,}=*"), rf"\g<1> {REDACTED}"),
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), REDACTED),
+    # A bare JWT or JWE (Intuit's access and id tokens, `eyJ...`: base64url of `{"`), wherever
+    # it turns up without a name or header in front of it.
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){1,4}"), REDACTED),
 )
 
 
