@@ -92,3 +92,35 @@ async def test_a_closed_database_refuses_work(tmp_path: Path) -> None:
     db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA)
     with pytest.raises(OutboxError):
         await db.run(insert(1))
+
+
+async def test_only_batches_with_a_durable_operation_are_fsynced(tmp_path: Path) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA)
+    db.open()
+    try:
+        await db.run(insert(1))
+        assert db.unsynced_commits == 0
+        await db.run(insert(2), durable=False)
+        assert db.unsynced_commits == 1
+        # A durable operation in the batch makes the whole batch durable.
+        await asyncio.gather(db.run(insert(3), durable=False), db.run(insert(4)))
+        assert db.unsynced_commits == 1
+        assert db._conn is not None
+        assert db._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    finally:
+        await db.close()
+    assert stored(tmp_path / "o.db") == [1, 2, 3, 4]
+
+
+async def test_durability_normal_never_counts_a_skipped_fsync(tmp_path: Path) -> None:
+    db = GroupCommit(tmp_path / "o.db", "normal", on_open=SCHEMA)
+    db.open()
+    try:
+        await db.run(insert(1))
+        await db.run(insert(2), durable=False)
+        assert db.unsynced_commits == 0
+        assert db._conn is not None
+        assert db._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    finally:
+        await db.close()
+    assert stored(tmp_path / "o.db") == [1, 2]

@@ -5,6 +5,11 @@ Operations run on the event loop's thread as soon as no commit is under way, and
 arrives during a commit forms the next batch. Reads use a second connection: they see committed
 rows and never wait for a commit.
 
+With durability "full", only a batch holding a durable operation is fsynced. Bookkeeping that
+may be lost to a power cut (a delivered row's removal, a retry's new time: at worst the event
+is sent again) commits without one; the next fsync covers it too, since the WAL is written in
+order.
+
 The COMMIT (with durability "full", an fsync) also runs on the loop while storage answers
 quickly: a fraction of a millisecond blocked costs less than handing it to a thread, whose
 wake-up on a busy machine took about three times as long as the commit itself. When commits
@@ -31,9 +36,10 @@ from qbo_events.errors import OutboxClosed, OutboxError
 log = structlog.get_logger("qbo_events.outbox")
 T = TypeVar("T")
 Operation = Callable[[sqlite3.Connection], Any]
-# An operation, the future its caller awaits, and what to do once it is committed (run even
-# if the caller stopped waiting, so that counters kept beside the database stay true).
-Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None"]
+# An operation, the future its caller awaits, what to do once it is committed (run even if the
+# caller stopped waiting, so that counters kept beside the database stay true), and whether it
+# must survive a power cut.
+Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None", bool]
 
 # Seconds, moving average, above which commits leave the loop. Under a heavy webhook load on a
 # two-core machine with an SSD they average 2-3 ms (checkpoints included), and committing on the
@@ -64,6 +70,8 @@ class GroupCommit:
         self.slow_commit = slow_commit
         self.commit_seconds = 0.0  # moving average of inline commits
         self._threaded_until = 0.0  # monotonic; commits use the helper thread until then
+        self._synchronous = ""  # the connection's PRAGMA synchronous, as last set
+        self.unsynced_commits = 0
 
     @property
     def is_open(self) -> bool:
@@ -96,12 +104,16 @@ class GroupCommit:
         self.writable = False
 
     async def run(
-        self, op: Callable[[sqlite3.Connection], T], on_commit: Callable[[T], None] | None = None
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+        *,
+        durable: bool = True,
     ) -> T:
         if self._loop is None:
             raise OutboxClosed("the outbox is closed")
         future: asyncio.Future[T] = self._loop.create_future()
-        self.submit(op, future, on_commit)
+        self.submit(op, future, on_commit, durable=durable)
         # A caller that stops waiting does not stop the operation: it commits all the same.
         return await future
 
@@ -118,12 +130,15 @@ class GroupCommit:
         op: Operation,
         future: asyncio.Future[Any],
         on_commit: Callable[[Any], None] | None = None,
+        *,
+        durable: bool = True,
     ) -> None:
-        """Queue `op`; `future` gets its result once its transaction is committed."""
+        """Queue `op`; `future` gets its result once its transaction is committed (and, if
+        `durable`, fsynced under durability "full")."""
         if self._conn is None or self._loop is None:
             future.set_exception(OutboxClosed("the outbox is closed"))
             return
-        self._queue.append((op, future, on_commit))
+        self._queue.append((op, future, on_commit, durable))
         self._idle.clear()
         if not self._committing and not self._scheduled:
             self._scheduled = True
@@ -138,6 +153,7 @@ class GroupCommit:
             self._idle.set()
             return
         try:
+            self._set_synchronous(batch)
             outcomes = _execute(self._conn, batch)
         except sqlite3.Error as exc:
             _settle(batch, [(False, OutboxError(f"outbox unavailable: {exc}"))] * len(batch))
@@ -168,6 +184,16 @@ class GroupCommit:
             self.commit_seconds = 0.0
         self._committed(error, batch, outcomes)
 
+    def _set_synchronous(self, batch: list[Pending]) -> None:
+        assert self._conn is not None
+        full = self.durability == "full" and any(durable for *_, durable in batch)
+        wanted = "FULL" if full else "NORMAL"
+        if wanted != self._synchronous:
+            self._conn.execute(f"PRAGMA synchronous = {wanted}")
+            self._synchronous = wanted
+        if not full and self.durability == "full":
+            self.unsynced_commits += 1
+
     @property
     def threaded(self) -> bool:
         """Whether commits currently run on the helper thread (storage was slow)."""
@@ -196,7 +222,7 @@ def _execute(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[bool,
     while True:
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[bool, Any]] = []
-        for index, (op, _, _) in enumerate(batch):
+        for index, (op, *_) in enumerate(batch):
             if index in failed:
                 outcomes.append((False, failed[index]))
                 continue
@@ -220,7 +246,7 @@ def _commit(conn: sqlite3.Connection) -> None:
 
 
 def _settle(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:
-    for (_, future, on_commit), (ok, value) in zip(batch, outcomes, strict=True):
+    for (_, future, on_commit, _), (ok, value) in zip(batch, outcomes, strict=True):
         if ok and on_commit is not None:
             with contextlib.suppress(Exception):  # bookkeeping must not strand the futures
                 on_commit(value)
