@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from qbo_events.errors import OutboxError
-from qbo_events.group_commit import GroupCommit
+from qbo_events.group_commit import SYNC_WITHIN, GroupCommit
 
 pytestmark = pytest.mark.anyio
 
@@ -124,3 +124,78 @@ async def test_durability_normal_never_counts_a_skipped_fsync(tmp_path: Path) ->
     finally:
         await db.close()
     assert stored(tmp_path / "o.db") == [1, 2]
+
+
+async def test_unsynced_commits_get_an_fsync_of_the_wal_soon(tmp_path: Path) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA)
+    db.open()
+    try:
+        await db.run(insert(1), durable=False)
+        assert db.awaiting_sync
+        for _ in range(int(10 * SYNC_WITHIN / 0.05)):  # a deadline of ten times the promise
+            if not db.awaiting_sync:
+                break
+            await asyncio.sleep(0.05)
+        assert not db.awaiting_sync
+        # A durable commit covers the unsynced ones before it: nothing left to wait for.
+        await db.run(insert(2), durable=False)
+        await db.run(insert(3))
+        assert not db.awaiting_sync
+    finally:
+        await db.close()
+    assert stored(tmp_path / "o.db") == [1, 2, 3]
+
+
+async def test_work_handed_over_from_commit_callbacks_runs_without_recursion(
+    tmp_path: Path,
+) -> None:
+    """Each commit's callback hands over the next operation: thousands in a row, as a burst of
+    bookkeeping may, must neither recurse nor stop."""
+    db = GroupCommit(tmp_path / "o.db", "normal", on_open=SCHEMA)
+    db.open()
+    total = 3000
+    last: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    def chain(n: int) -> None:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        on_commit = (lambda _: chain(n + 1)) if n + 1 < total else None
+        db.submit(insert(n), last if n + 1 == total else future, on_commit)
+
+    try:
+        chain(0)
+        assert await asyncio.wait_for(last, 60) == total - 1
+    finally:
+        await db.close()
+    assert len(stored(tmp_path / "o.db")) == total
+
+
+FK_SCHEMA = """
+PRAGMA foreign_keys = ON;
+CREATE TABLE IF NOT EXISTS t (n INTEGER PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS child (
+    n INTEGER REFERENCES t (n) DEFERRABLE INITIALLY DEFERRED
+);
+"""
+
+
+def orphan(conn: sqlite3.Connection) -> None:
+    # Passes when run; the deferred foreign key fails the COMMIT itself.
+    conn.execute("INSERT INTO child (n) VALUES (999)")
+
+
+@pytest.mark.parametrize("slow_commit", [60.0, 0.0], ids=["on the loop", "on the thread"])
+async def test_a_failed_commit_fails_its_batch_and_the_next_one_commits(
+    tmp_path: Path, slow_commit: float
+) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=FK_SCHEMA, slow_commit=slow_commit)
+    db.open()
+    try:
+        await db.run(insert(0))  # with a zero threshold, the commits after this one are threaded
+        first = await asyncio.gather(db.run(insert(1)), db.run(orphan), return_exceptions=True)
+        assert all(isinstance(outcome, OutboxError) for outcome in first), first
+        assert not db.writable
+        assert await db.run(insert(2)) == 2
+        assert db.writable
+    finally:
+        await db.close()
+    assert stored(tmp_path / "o.db") == [0, 2]

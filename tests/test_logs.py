@@ -6,6 +6,8 @@ import asyncio
 import datetime
 import io
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -295,3 +297,14 @@ def test_bearer_tokens_are_redacted_in_log_lines(out: io.StringIO) -> None:
     first, second = lines(out)
     assert first["headers"] == {"Authorization": "[REDACTED]", "Accept": "json"}
     assert second["event"] == "retrying with Bearer [REDACTED]"
+
+
+def test_redaction_of_a_long_near_miss_takes_linear_time() -> None:
+    """A run of token-like fragments (an attacker's body quoted in an error, say) must not make
+    the redaction backtrack quadratically: 160 kB took a minute with a naive pattern."""
+    code = (
+        "from qbo_events import logs\n"
+        "text = '-eyJ' * 40_000 + ' eyJhbGciOiJIUzI1NiJ9.e30.c2ln'\n"
+        "assert logs.redact(text).endswith(' [REDACTED]')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=20)

@@ -1,20 +1,20 @@
 """Group commit over SQLite: write operations batched into one transaction, reads on their own.
 
 Callers hand writes over as operations (functions of a connection) and await their futures.
-Operations run on the event loop's thread as soon as no commit is under way, and whatever
-arrives during a commit forms the next batch. Reads use a second connection: they see committed
-rows and never wait for a commit.
+Operations run on the event loop's thread; those handed over within one loop turn, or while a
+commit runs on the helper thread, form one batch. Reads use a second connection: they see
+committed rows and never wait for a commit.
 
-With durability "full", only a batch holding a durable operation is fsynced. Bookkeeping that
-may be lost to a power cut (a delivered row's removal, a retry's new time: at worst the event
-is sent again) commits without one; the next fsync covers it too, since the WAL is written in
-order.
+The COMMIT (with durability "full", an fsync) runs on the loop too while storage is quick: a
+commit blocks it for well under a millisecond, where handing it to a thread cost three times
+that in the thread's wake-up on a busy machine. When the moving average of commit times passes
+`SLOW_COMMIT`, commits move to the helper thread so that the loop keeps serving, and come back
+once the average, still measured there, is below it again.
 
-The COMMIT (with durability "full", an fsync) also runs on the loop while storage answers
-quickly: a fraction of a millisecond blocked costs less than handing it to a thread, whose
-wake-up on a busy machine took about three times as long as the commit itself. When commits
-slow down (their moving average passes `SLOW_COMMIT`), they move to a helper thread so that the
-loop keeps serving, and come back after `THREADED_FOR` seconds to try again.
+With durability "full", only a batch holding a durable operation is fsynced. Bookkeeping that a
+power cut may take (a delivered row's removal, a retry's new time: at worst an event is sent
+again) commits without one; the next fsync covers it too, since the WAL is written in order, and
+the WAL is fsynced within `SYNC_WITHIN` seconds in any case.
 """
 
 from __future__ import annotations
@@ -41,12 +41,42 @@ Operation = Callable[[sqlite3.Connection], Any]
 # must survive a power cut.
 Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None", bool]
 
-# Seconds, moving average, above which commits leave the loop. Under a heavy webhook load on a
-# two-core machine with an SSD they average 2-3 ms (checkpoints included), and committing on the
-# loop still takes in a quarter more webhooks a second than the helper thread does.
+# Seconds, moving average, above which commits leave the loop. A quick SSD commits in 0.2-0.4 ms;
+# under a heavy webhook load on two cores, with checkpoints, the average reaches 2-3 ms, and
+# committing on the loop still takes in a quarter more webhooks a second than the thread does.
 SLOW_COMMIT = 0.005
-THREADED_FOR = 10.0  # seconds on the helper thread before trying the loop again
+THREADED_FOR = 10.0  # seconds on the helper thread before looking at the average again
+SYNC_WITHIN = 1.0  # seconds an unsynced commit may wait for an fsync of the WAL
 _WEIGHT = 0.2  # of the newest commit in the moving average
+
+
+class _Placement:
+    """Where commits run: on the loop while they are quick, on the helper thread while slow."""
+
+    def __init__(self, slow: float) -> None:
+        self.slow = slow
+        self.average = 0.0
+        self.threaded_until = 0.0  # monotonic
+
+    def on_thread(self, now: float) -> bool:
+        if now < self.threaded_until:
+            return True
+        if self.threaded_until:
+            if self.average > self.slow:
+                self.threaded_until = now + THREADED_FOR
+                return True
+            self.threaded_until = 0.0
+            log.info("outbox commits are quick again; committing on the event loop")
+        return False
+
+    def record(self, took: float, now: float, *, inline: bool) -> None:
+        self.average += _WEIGHT * (took - self.average)
+        if inline and self.average > self.slow:
+            log.warning(
+                "outbox commits are slow; committing on a helper thread",
+                average_ms=round(1000 * self.average, 3),
+            )
+            self.threaded_until = now + THREADED_FOR
 
 
 class GroupCommit:
@@ -67,11 +97,11 @@ class GroupCommit:
         self._idle.set()
         self.commits = 0
         self.writable = False
-        self.slow_commit = slow_commit
-        self.commit_seconds = 0.0  # moving average of inline commits
-        self._threaded_until = 0.0  # monotonic; commits use the helper thread until then
+        self._placement = _Placement(slow_commit)
         self._synchronous = ""  # the connection's PRAGMA synchronous, as last set
-        self.unsynced_commits = 0
+        self.unsynced_commits = 0  # committed without an fsync of their own
+        self._unsynced = False  # since the last fsync of the WAL
+        self._sync_timer: asyncio.TimerHandle | None = None
 
     @property
     def is_open(self) -> bool:
@@ -97,6 +127,11 @@ class GroupCommit:
             return
         await self._idle.wait()
         assert self._committer is not None and self._reader is not None
+        if self._sync_timer is not None:
+            self._sync_timer.cancel()
+            self._sync_timer = None
+        if self._unsynced:
+            self._sync_wal()
         self._committer.shutdown(wait=True)
         self._conn.close()
         self._reader.close()
@@ -144,80 +179,129 @@ class GroupCommit:
             self._scheduled = True
             self._loop.call_soon(self._begin)
 
+    @property
+    def threaded(self) -> bool:
+        """Whether commits currently run on the helper thread (storage was slow)."""
+        return time.monotonic() < self._placement.threaded_until
+
+    @property
+    def awaiting_sync(self) -> bool:
+        """Whether commits made without an fsync wait for the WAL's (within SYNC_WITHIN)."""
+        return self._unsynced
+
+    @property
+    def commit_seconds(self) -> float:
+        """The moving average of commit times."""
+        return self._placement.average
+
     def _begin(self) -> None:
         self._scheduled = False
         if self._committing:
             return
         batch, self._queue = self._queue, []
-        if not batch or self._conn is None or self._loop is None:
+        if not batch:
             self._idle.set()
             return
+        if self._conn is None or self._loop is None:
+            _settle(batch, [(False, OutboxClosed("the outbox is closed"))] * len(batch))
+            self._idle.set()
+            return
+        fsync = self.durability == "full" and any(durable for *_, durable in batch)
         try:
-            self._set_synchronous(batch)
+            self._set_synchronous("FULL" if fsync else "NORMAL")
             outcomes = _execute(self._conn, batch)
         except sqlite3.Error as exc:
             _settle(batch, [(False, OutboxError(f"outbox unavailable: {exc}"))] * len(batch))
-            self._loop.call_soon(self._begin)
+            self._next()
             return
         self._committing = True
         began = time.monotonic()
-        if began < self._threaded_until:
-            commit = self._loop.run_in_executor(self._committer, _commit, self._conn)
+        if self._placement.on_thread(began):
+            commit = self._loop.run_in_executor(self._committer, _timed_commit, self._conn)
             commit.add_done_callback(
-                lambda done: self._committed(done.exception(), batch, outcomes)
+                lambda done: self._committed(
+                    done.exception(),
+                    0.0 if done.exception() else done.result(),
+                    batch,
+                    outcomes,
+                    fsync=fsync,
+                    inline=False,
+                )
             )
             return
         error: BaseException | None = None
         try:
             _commit(self._conn)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # whatever it is, the batch's callers must hear of it
             error = exc
-        took = time.monotonic() - began
-        self.commit_seconds += _WEIGHT * (took - self.commit_seconds)
-        if self.commit_seconds > self.slow_commit:
-            log.warning(
-                "outbox commits are slow; committing on a helper thread for a while",
-                average_ms=round(1000 * self.commit_seconds, 3),
-                seconds=THREADED_FOR,
-            )
-            self._threaded_until = began + took + THREADED_FOR
-            self.commit_seconds = 0.0
-        self._committed(error, batch, outcomes)
+        self._committed(error, time.monotonic() - began, batch, outcomes, fsync=fsync, inline=True)
 
-    def _set_synchronous(self, batch: list[Pending]) -> None:
+    def _set_synchronous(self, wanted: str) -> None:
         assert self._conn is not None
-        full = self.durability == "full" and any(durable for *_, durable in batch)
-        wanted = "FULL" if full else "NORMAL"
         if wanted != self._synchronous:
             self._conn.execute(f"PRAGMA synchronous = {wanted}")
             self._synchronous = wanted
-        if not full and self.durability == "full":
-            self.unsynced_commits += 1
-
-    @property
-    def threaded(self) -> bool:
-        """Whether commits currently run on the helper thread (storage was slow)."""
-        return time.monotonic() < self._threaded_until
 
     def _committed(
-        self, error: BaseException | None, batch: list[Pending], outcomes: list[tuple[bool, Any]]
+        self,
+        error: BaseException | None,
+        took: float,
+        batch: list[Pending],
+        outcomes: list[tuple[bool, Any]],
+        *,
+        fsync: bool,
+        inline: bool,
     ) -> None:
         self._committing = False
         # /readyz reports a database that cannot commit (a full disk, say) until one succeeds.
         self.writable = error is None
         if error is None:
             self.commits += 1
+            self._placement.record(took, time.monotonic(), inline=inline)
+            if fsync:
+                self._unsynced = False
+            elif self.durability == "full":
+                self.unsynced_commits += 1
+                self._unsynced = True
+                if self._sync_timer is None and self._loop is not None:
+                    self._sync_timer = self._loop.call_later(SYNC_WITHIN, self._sync_wal)
         else:
             outcomes = [(False, OutboxError(f"outbox commit failed: {error}"))] * len(batch)
         try:
             _settle(batch, outcomes)
         finally:
-            self._begin()
+            self._next()
+
+    def _next(self) -> None:
+        """The next batch from a later loop turn: an inline commit that started it directly
+        would recurse, and callers' callbacks get to run first."""
+        if not self._queue:
+            self._idle.set()
+        elif not self._scheduled and self._loop is not None:
+            self._scheduled = True
+            self._loop.call_soon(self._begin)
+
+    def _sync_wal(self) -> None:
+        """Make the commits made without an fsync durable, unless one has done so since."""
+        self._sync_timer = None
+        if not self._unsynced or self._committer is None or self._loop is None:
+            return
+        self._unsynced = False
+        done = self._loop.run_in_executor(self._committer, _fsync, _wal_path(self.path))
+        done.add_done_callback(self._wal_synced)
+
+    def _wal_synced(self, done: asyncio.Future[None]) -> None:
+        error = done.exception()
+        if error is not None:
+            self._unsynced = True
+            log.warning("outbox: fsync of the WAL failed", error=str(error))
 
 
 def _execute(conn: sqlite3.Connection, batch: list[Pending]) -> list[tuple[bool, Any]]:
     """Run the batch in one open transaction. An operation that raises is left out and the
     rest run again from a clean start, so that it cannot undo its batch-mates' work."""
+    if conn.in_transaction:  # left open by a ROLLBACK that failed; every BEGIN would fail
+        conn.execute("ROLLBACK")
     failed: dict[int, Exception] = {}
     while True:
         conn.execute("BEGIN IMMEDIATE")
@@ -243,6 +327,27 @@ def _commit(conn: sqlite3.Connection) -> None:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
+
+
+def _timed_commit(conn: sqlite3.Connection) -> float:
+    began = time.monotonic()
+    _commit(conn)
+    return time.monotonic() - began
+
+
+def _wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # no WAL: everything is in the database file, synced at its checkpoint
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _settle(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:

@@ -88,7 +88,8 @@ _PATTERNS: Final[tuple[tuple[re.Pattern[str], str], ...]] = (
     (re.compile(r"\bwhsec_[A-Za-z0-9+/=]+"), REDACTED),
     # A bare JWT or JWE (Intuit's access and id tokens, `eyJ...`: base64url of `{"`), wherever
     # it turns up without a name or header in front of it.
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}(?:\.[A-Za-z0-9_-]*){1,4}"), REDACTED),
+    # Possessive, so that a long run of near-misses costs linear time, not quadratic.
+    (re.compile(r"(?<![\w-])eyJ[A-Za-z0-9_-]{8,}+(?:\.[A-Za-z0-9_-]*+){2,4}+"), REDACTED),
 )
 
 

@@ -115,6 +115,8 @@ class WebhookListener:
         # declared length is known to fit, so an oversized body is refused before it is sent.
         if request.version >= (1, 1) and _wants_continue(request):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            # Not part of the answer: aiohttp must still be able to answer an error with a 500.
+            request.writer.output_size = 0
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.content.iter_any():
