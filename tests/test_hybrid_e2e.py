@@ -71,6 +71,7 @@ def test_hybrid_delivers_every_change_once(
         ("Invoice", "Delete", second),
         ("Customer", "Update", customer),
     )
+    step(("Invoice", "Emailed", first))
     step(("Invoice", "Void", first), ("Customer", "Merge", customer))
     step(("Customer", "Delete", customer))
     webhook_first = len(made)
@@ -79,6 +80,7 @@ def test_hybrid_delivers_every_change_once(
     step(("Invoice", "Create", None), ("Customer", "Update", None))
     late_invoice = made[webhook_first]["object_id"]
     step(("Invoice", "Update", late_invoice))
+    step(("Invoice", "Emailed", late_invoice))
     sandbox.control("POST", "/_sandbox/webhooks/hold", {"hold": False})
 
     want = set().union(*(expected([c], RESOURCES[c["entity"]]) for c in made))
@@ -111,6 +113,16 @@ def test_hybrid_delivers_every_change_once(
     early_sources = [source[k] for k in early]
     assert early_sources.count("webhook") > len(early) // 2
     assert {source[k] for k in late} == {"polling"}
+    # An emailed invoice is an update; by webhook it keeps QuickBooks' own operation.
+    emailed = [c for c in made if c["operation"] == "Emailed"]
+    assert len(emailed) == 2 and all(c["event_type"] == "UPDATED" for c in emailed)
+    operations = {
+        (e["objectType"], e["objectId"], e["eventType"], e["date"]): e.get("operation")
+        for e in receiver.events()
+    }
+    for c in emailed:
+        key = ("invoices", c["object_id"], "UPDATED", c["last_updated"])
+        assert operations[key] == ("Emailed" if source[key] == "webhook" else None), key
     # Exactly one acceptance per distinct event across the two sources; the later source's
     # finds (same eventId) were dropped as duplicates, in both directions.
     metrics = d.health("/metrics")[1]

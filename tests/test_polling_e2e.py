@@ -384,6 +384,7 @@ POLLED = {"Invoice": "invoices", "Customer": "customers", "TimeActivity": "time-
 # deletes of a Query-only resource, SPEC 7.1).
 OPERATIONS = [
     ("Invoice", "Create"), ("Invoice", "Update"), ("Invoice", "Delete"), ("Invoice", "Void"),
+    ("Invoice", "Emailed"),
     ("Customer", "Create"), ("Customer", "Update"), ("Customer", "Delete"), ("Customer", "Merge"),
     ("TimeActivity", "Create"), ("TimeActivity", "Update"),
 ]  # fmt: skip

@@ -104,6 +104,19 @@ def test_update_bumps_sync_token_and_void_zeroes_amounts() -> None:
     assert after["MetaData"]["CreateTime"] == before["MetaData"]["CreateTime"]
 
 
+def test_emailed_marks_the_transaction_sent_and_is_an_update() -> None:
+    company, _ = _company()
+    (record,) = company.apply("Invoice", "Emailed", "1")
+    invoice = company.get("Invoice", "1") or {}
+    assert record.operation == "Emailed" and record.event_type == EventType.UPDATED
+    assert invoice["EmailStatus"] == "EmailSent"
+    assert invoice["DeliveryInfo"]["DeliveryType"] == "Email"
+    assert invoice["MetaData"]["LastUpdatedTime"] == invoice["DeliveryInfo"]["DeliveryTime"]
+    assert "Emailed" not in catalog.operations("Customer")
+    with pytest.raises(ValueError, match="does not allow Emailed"):
+        company.apply("Bill", "Emailed", "1")
+
+
 def test_name_list_delete_deactivates_and_is_announced_as_delete() -> None:
     company, notes = _company()
     (record,) = company.apply("Customer", "Delete", "2")

@@ -39,7 +39,18 @@ MERGEABLE: Final = _DELETABLE_LISTS
 VOIDABLE: Final = frozenset(
     {"BillPayment", "CreditMemo", "Invoice", "Payment", "RefundReceipt", "SalesReceipt"}
 )
-OPERATIONS: Final = ("Create", "Update", "Delete", "Void", "Merge")
+EMAILABLE: Final = frozenset(
+    {
+        "CreditMemo",
+        "Estimate",
+        "Invoice",
+        "Payment",
+        "PurchaseOrder",
+        "RefundReceipt",
+        "SalesReceipt",
+    }
+)
+OPERATIONS: Final = ("Create", "Update", "Delete", "Void", "Merge", "Emailed")
 
 
 def operations(entity: str) -> tuple[str, ...]:
@@ -53,6 +64,8 @@ def operations(entity: str) -> tuple[str, ...]:
         allowed.append("Void")
     if entity in MERGEABLE:
         allowed.append("Merge")
+    if entity in EMAILABLE:
+        allowed.append("Emailed")
     return tuple(allowed)
 
 
@@ -202,6 +215,14 @@ def voided_fields(obj: dict[str, Any]) -> dict[str, Any]:
         if key in obj:
             changed[key] = 0
     return changed
+
+
+def emailed_fields(sent_at: str) -> dict[str, Any]:
+    """Sending a transaction by email marks it sent and records the delivery."""
+    return {
+        "EmailStatus": "EmailSent",
+        "DeliveryInfo": {"DeliveryType": "Email", "DeliveryTime": sent_at},
+    }
 
 
 def display_name_key(entity: str) -> str | None:

@@ -25,7 +25,7 @@ class ChangeRecord(msgspec.Struct, frozen=True, kw_only=True):
     realm_id: str
     entity: str
     object_id: str
-    operation: str  # Create | Update | Delete | Void | Merge
+    operation: str  # Create | Update | Delete | Void | Merge | Emailed
     event_type: EventType
     last_updated: str  # 2026-11-27T13:04:47Z
     webhook: bool  # False where QuickBooks sends none (TaxCode, TaxRate)
@@ -165,6 +165,8 @@ class Company:
             return [self._record(entity, target["Id"], "Delete", EventType.DELETED, stamp)]
         if operation == "Void":
             target.update(catalog.voided_fields(target))
+        elif operation == "Emailed":
+            target.update(catalog.emailed_fields(pacific(stamp)))
         else:
             target.update(catalog.updated_fields(target, self._rng))
         self._touch(target, stamp)

@@ -1,4 +1,5 @@
-"""The change generator: random creates, updates, deletes, voids and merges at a steady rate."""
+"""The change generator: random creates, updates, deletes, voids, merges and emails at a steady
+rate."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from . import catalog
 from .company import ChangeRecord, Company
 
 # How often each operation is picked, where the entity allows it.
-_WEIGHTS = {"Create": 4, "Update": 4, "Delete": 1.5, "Void": 1, "Merge": 0.5}
+_WEIGHTS = {"Create": 4, "Update": 4, "Delete": 1.5, "Void": 1, "Merge": 0.5, "Emailed": 0.5}
 
 
 def random_change(company: Company, rng: random.Random) -> list[ChangeRecord]:
