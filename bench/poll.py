@@ -70,7 +70,7 @@ DEFAULT_MAX_POLL_RATE = 500.0
 
 
 def thread_cpu(pid: int) -> tuple[float, float]:
-    """(main thread, every other thread) CPU seconds: the event loop vs the outbox writer."""
+    """(main thread, every other thread) CPU seconds: the event loop vs the helper threads."""
     tick = os.sysconf("SC_CLK_TCK")
     main = others = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():

@@ -393,6 +393,39 @@ def test_several_errors_from_different_sections_and_instances_at_once() -> None:
     assert len(found) == len(set(found)) == 8
 
 
+def test_every_error_of_one_section_and_of_one_instance_is_reported() -> None:
+    found = problems(
+        """
+        [log]
+        level = "loud"
+        format = "xml"
+        [delivery]
+        workers = "x"
+        timeout = -1
+        bogus = true
+        [[instances]]
+        name = "a"
+        realm_id = "1"
+        event.vendor.type = "webhok"
+        event.notification.callback.url = "https://example.com/a"
+        event.poller.bogus = 2
+        event.poller.refresh_interval = []
+        """
+    )
+    assert sorted(found) == sorted(
+        [
+            "log.level: invalid enum value 'loud'",
+            "log.format: invalid enum value 'xml'",
+            "delivery.workers: expected int, got str",
+            "delivery.timeout: must be > 0.0",
+            "delivery.bogus: unknown key",
+            "instances[0].event.vendor.type: invalid enum value 'webhok'",
+            "instances[0].event.poller.bogus: unknown key",
+            "instances[0].event.poller.refresh_interval: expected float | str, got array",
+        ]
+    )
+
+
 def test_invalid_toml_is_one_error() -> None:
     found = problems("[log\nlevel = 'info'")
     assert len(found) == 1 and found[0].startswith("invalid TOML: ")

@@ -6,9 +6,11 @@ import asyncio
 import datetime
 import io
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -308,3 +310,34 @@ def test_redaction_of_a_long_near_miss_takes_linear_time() -> None:
         "assert logs.redact(text).endswith(' [REDACTED]')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=20)
+
+
+def test_lines_to_the_journal_carry_their_syslog_priority(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the stream systemd names in $JOURNAL_STREAM, each line starts with `<N>`, which
+    journald turns into the entry's priority (so `journalctl -p warning` works) and strips."""
+    with (tmp_path / "journal").open("w+") as journal:
+        stat = os.fstat(journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+        logs.configure("debug", "json", stream=journal)
+        logs.get_logger().debug("a debug line")
+        logs.get_logger().warning("a warning", token="s3cr3t-value")
+        logging.getLogger("aiohttp.server").error("an error from a library")
+        journal.seek(0)
+        written = journal.read().splitlines()
+    assert [line[:3] for line in written] == ["<7>", "<4>", "<3>"]
+    assert orjson.loads(written[1][3:])["token"] == "[REDACTED]"
+    assert orjson.loads(written[2][3:])["event"] == "an error from a library"
+
+
+def test_lines_elsewhere_have_no_priority_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with (tmp_path / "journal").open("w+") as journal, (tmp_path / "other").open("w+") as other:
+        stat = os.fstat(journal.fileno())
+        monkeypatch.setenv("JOURNAL_STREAM", f"{stat.st_dev}:{stat.st_ino}")
+        logs.configure("info", "json", stream=other)
+        logs.get_logger().warning("a warning")
+        other.seek(0)
+        assert other.read().startswith("{")

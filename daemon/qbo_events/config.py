@@ -209,7 +209,8 @@ def _datetimes_as_text(value: Any) -> Any:
 
 
 def _decode(data: dict[str, Any], problems: list[str]) -> Config | None:
-    """Decode section by section so that `check` can report every section's first error."""
+    """Decode section by section, and a section that fails key by key, so that `check` can
+    report every error rather than msgspec's first."""
     for key in data:
         if key not in _SECTIONS and key != "instances":
             problems.append(f"{key}: unknown key")
@@ -219,7 +220,7 @@ def _decode(data: dict[str, Any], problems: list[str]) -> Config | None:
             try:
                 parts[key] = msgspec.convert(data[key], kind)
             except msgspec.ValidationError as exc:
-                problems.append(_describe(exc, key))
+                problems += _every_error(data[key], kind, key, exc)
     raw_instances = data.get("instances", [])
     if not isinstance(raw_instances, list):
         problems.append("instances: expected an array of tables ([[instances]])")
@@ -229,12 +230,39 @@ def _decode(data: dict[str, Any], problems: list[str]) -> Config | None:
         try:
             instances[index] = msgspec.convert(raw, Instance)
         except msgspec.ValidationError as exc:
-            problems.append(_describe(exc, f"instances[{index}]"))
+            problems += _every_error(raw, Instance, f"instances[{index}]", exc)
     if problems:
         # Still report what is wrong inside the instances that did decode.
         problems += _validate_instances(instances)
         return None
     return Config(**parts, instances=list(instances.values()))
+
+
+def _every_error(value: Any, kind: Any, prefix: str, first: msgspec.ValidationError) -> list[str]:
+    """The errors of a table that failed to decode as the Struct `kind`, each of its keys tried
+    on its own (recursively into tables); `first`, msgspec's own error, when none of them fails
+    alone (a check of the whole table)."""
+    if not (
+        isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+    ):
+        return [_describe(first, prefix)]
+    fields = {field.encode_name: field for field in msgspec.structs.fields(kind)}
+    errors: list[str] = []
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None:
+            errors.append(f"{prefix}.{key}: unknown key")
+            continue
+        try:
+            msgspec.convert(item, field.type)
+        except msgspec.ValidationError as exc:
+            errors += _every_error(item, field.type, f"{prefix}.{key}", exc)
+    errors += [
+        f"{prefix}.{name}: required"
+        for name, f in fields.items()
+        if f.required and name not in value
+    ]
+    return errors or [_describe(first, prefix)]
 
 
 def _describe(exc: msgspec.ValidationError, prefix: str) -> str:

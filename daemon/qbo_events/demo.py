@@ -12,6 +12,8 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import socket
 import statistics
 import sys
@@ -71,6 +73,12 @@ class Receiver:
         try:
             self._webhook.verify(body, dict(request.headers))
         except WebhookVerificationError:
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        # The Open Connectors header, computed here as a receiver would, not with our signer.
+        digest = hmac.new(SIGNATURE_KEY.encode(), body, hashlib.sha256).digest()
+        expected = "sha256=" + base64.b64encode(digest).decode()
+        if not hmac.compare_digest(expected, request.headers.get("Elements-Webhook-Signature", "")):
             self.bad_signatures += 1
             return web.Response(status=401)
         message = orjson.loads(body)["message"]

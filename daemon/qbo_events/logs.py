@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import io
 import logging
+import os
 import re
 import sys
 import threading
@@ -250,6 +252,8 @@ def configure(level: str = "info", fmt: str = "auto", *, stream: IO[str] | None 
         renderer = structlog.dev.ConsoleRenderer(
             colors=_isatty(out), exception_formatter=structlog.dev.plain_traceback
         )
+    if _is_journal(out):
+        renderer = _with_priority(renderer)
     timestamper = structlog.processors.TimeStamper(fmt="iso", utc=True)
     # Redaction runs after format_exc_info so the rendered traceback text is covered too.
     finish: list[Processor] = [_redact_event, _order_keys, renderer]
@@ -294,6 +298,42 @@ def configure(level: str = "info", fmt: str = "auto", *, stream: IO[str] | None 
     root.addHandler(handler)
     root.setLevel(_LEVELS[level])
     _state.handler = handler
+
+
+# syslog priorities, which journald reads from a `<N>` prefix and strips from the message.
+_PRIORITIES: Final[Mapping[str, int]] = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+    "fatal": 2,
+}
+
+
+def _is_journal(stream: IO[str]) -> bool:
+    """Whether `stream` is the journal stream systemd gave us ($JOURNAL_STREAM = device:inode)."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        stat = os.fstat(stream.fileno())
+        return (stat.st_dev, stat.st_ino) == (int(device), int(inode))
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+
+
+def _with_priority(renderer: Processor) -> Processor:
+    """Prefix each rendered line with its syslog priority, so `journalctl -p` filters by level."""
+
+    def render(logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        level = str(event_dict.get("level", name))
+        text = renderer(logger, name, event_dict)
+        if isinstance(text, bytes):
+            text = text.decode()
+        return f"<{_PRIORITIES.get(level, 6)}>{text}"
+
+    return render
 
 
 def _isatty(stream: IO[str]) -> bool:
