@@ -1,4 +1,6 @@
-"""The QuickBooks API under /v3/company/{realmId}: query, CDC, read by id, companyinfo, batch."""
+"""The QuickBooks API under /v3/company/{realmId}: query, CDC, read by id, companyinfo, batch.
+
+Writes (create, update, delete, void) are in `writes`."""
 
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from .responses import (
 from .state import STATE, State
 
 BATCH_LIMIT: Final = 30  # Intuit: at most 30 payloads per batch request
-_BY_LOWER: Final = {e.lower(): e for e in catalog.ENTITIES}
+BY_LOWER: Final = {e.lower(): e for e in catalog.ENTITIES}
 
 Handler = Callable[[web.Request, State, Company], Awaitable[web.Response]]
 
@@ -131,7 +133,7 @@ async def read_endpoint(request: web.Request, state: State, company: Company) ->
         if object_id != company.realm_id:
             raise object_not_found("CompanyInfo", object_id)
         return json_response({"CompanyInfo": company.company_info, "time": pacific_ms(utc_now())})
-    entity = _BY_LOWER.get(name.lower())
+    entity = BY_LOWER.get(name.lower())
     if entity is None:
         raise Fault(
             "Unsupported Operation", f"Operation Read is not supported for {name}", code="500"

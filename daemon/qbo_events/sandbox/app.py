@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import api, control, oauth
+from . import api, control, oauth, writes
 from .responses import new_intuit_tid
 from .state import STATE, State
 
@@ -33,4 +33,5 @@ def build_app(state: State) -> web.Application:
     oauth.add_routes(app)
     control.add_routes(app)
     api.add_routes(app)
+    writes.add_routes(app)  # after api's: /query and /batch are not entities
     return app

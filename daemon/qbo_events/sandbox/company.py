@@ -172,6 +172,43 @@ class Company:
         self._touch(target, stamp)
         return [self._record(entity, target["Id"], operation, EventType.UPDATED, stamp)]
 
+    # -- writes through the REST API -----------------------------------------------------------
+
+    def create(self, entity: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """A new object from a client's body; what it leaves out gets plausible values."""
+        obj = self._new(entity, whole_second(self._now()))
+        obj.update(_writable(fields))
+        stamp = parse_timestamp(obj["MetaData"]["LastUpdatedTime"])
+        self._record(entity, obj["Id"], "Create", EventType.CREATED, stamp)
+        return obj
+
+    def update(self, entity: str, object_id: str, fields: dict[str, Any], *, sparse: bool) -> None:
+        """A client's update: a sparse one changes the fields given, a full one replaces every
+        writable field (those left out are gone). Setting Active to false on a name list entry
+        deletes it, as QuickBooks announces it, where its operation matrix has Delete."""
+        obj = self._objects[entity][object_id]
+        was_active = obj.get("Active") is not False
+        stamp = self._stamp(obj)
+        if not sparse:
+            for key in [k for k in obj if k not in _SYSTEM_FIELDS]:
+                del obj[key]
+        obj.update(_writable(fields))
+        if entity in catalog.NAME_LISTS:
+            obj.setdefault("Active", True)
+        deleted = (
+            entity in catalog.NAME_LISTS
+            and was_active
+            and obj.get("Active") is False
+            and "Delete" in catalog.operations(entity)
+        )
+        if deleted:
+            self._deactivate(entity, obj)
+        self._touch(obj, stamp)
+        if deleted:
+            self._record(entity, object_id, "Delete", EventType.DELETED, stamp)
+        else:
+            self._record(entity, object_id, "Update", EventType.UPDATED, stamp)
+
     def _merge(self, entity: str, survivor_id: str | None) -> list[ChangeRecord]:
         """The survivor is updated; the merged-away entry is deactivated at the same instant."""
         survivor = self._target(entity, "Merge", survivor_id)
@@ -278,3 +315,11 @@ class Company:
                 )
             )
         return record
+
+
+# What QuickBooks keeps for itself, whatever a client's body says.
+_SYSTEM_FIELDS = frozenset({"Id", "SyncToken", "MetaData", "domain", "sparse"})
+
+
+def _writable(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if k not in _SYSTEM_FIELDS}
