@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -80,6 +81,13 @@ def test_legacy_body_delivered_as_signed_open_connectors_events(
     assert headers["User-Agent"].startswith("qbo-events/")
     status = d.health("/status")[1]
     assert status["webhooks"]["unknown_realm_entities"] == 1
+    # The commits were timed (whether storage counts as slow depends on the machine).
+    assert status["outbox"]["commit_ms"] > 0 and status["outbox"]["slow_storage"] in (True, False)
+    metrics = d.health("/metrics")[1]
+    average = re.search(r"^qbo_events_outbox_commit_seconds (\S+)$", metrics, re.M)
+    assert average is not None and float(average.group(1)) > 0
+    slow = "1.0" if status["outbox"]["slow_storage"] else "0.0"
+    assert re.search(rf"^qbo_events_outbox_slow_storage {slow}$", metrics, re.M)
     assert d.stop() == 0
 
 

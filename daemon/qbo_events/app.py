@@ -301,6 +301,8 @@ class Daemon:
     async def _refresh_metrics(self) -> None:
         if self._outbox is not None:
             self.metrics.outbox_depth.set(self._outbox.pending)
+            self.metrics.outbox_commit_seconds.set(self._outbox.commit_seconds)
+            self.metrics.outbox_slow_storage.set(int(self._outbox.slow_storage))
         if self._pollers is not None:
             for name, refused in self._pollers.reauthorization_flags().items():
                 self.metrics.needs_reauthorization.labels(name).set(int(refused))

@@ -35,6 +35,16 @@ class Metrics:
         self.outbox_depth = Gauge(
             "qbo_events_outbox_depth", "Undelivered events in the outbox", registry=r
         )
+        self.outbox_commit_seconds = Gauge(
+            "qbo_events_outbox_commit_seconds",
+            "Moving average of the outbox's commit times (fsync included)",
+            registry=r,
+        )
+        self.outbox_slow_storage = Gauge(
+            "qbo_events_outbox_slow_storage",
+            "1 while commits run on a helper thread because storage is slow",
+            registry=r,
+        )
         self.webhook_requests = Counter(
             "qbo_events_webhook_requests", "Webhook requests by HTTP status", ["status"], registry=r
         )

@@ -166,6 +166,14 @@ class Outbox:
     def commits(self) -> int:
         return self._db.commits
 
+    @property
+    def commit_seconds(self) -> float:
+        return self._db.commit_seconds
+
+    @property
+    def slow_storage(self) -> bool:
+        return self._db.threaded
+
     async def _run(
         self,
         op: Callable[[sqlite3.Connection], T],
@@ -443,7 +451,8 @@ class Outbox:
             "duplicates": self.duplicates,
             "commits": self.commits,
             "writable": self.writable,
-            "slow_storage": self._db.threaded,
+            "slow_storage": self.slow_storage,
+            "commit_ms": round(1000 * self.commit_seconds, 3),
         }
 
     def __repr__(self) -> str:
