@@ -25,6 +25,7 @@ async def test_python_quickbooks_creates_updates_voids_and_deletes(
     from quickbooks.objects.customer import Customer
     from quickbooks.objects.detailline import SalesItemLine, SalesItemLineDetail
     from quickbooks.objects.invoice import Invoice
+    from quickbooks.objects.payment import Payment
 
     async with Sandbox(options(seed=3)) as sandbox:
         realm = sandbox.options.realm_ids[0]
@@ -50,6 +51,9 @@ async def test_python_quickbooks_creates_updates_voids_and_deletes(
             invoice_id = invoice.Id
             to_void = Invoice.get("1", qb=qb)
             to_void.void(qb=qb)
+            # Payments are voided as `?operation=update&include=void`.
+            Payment.get("1", qb=qb).void(qb=qb)
+            payment_total = Payment.get("1", qb=qb).TotalAmt
             Invoice.get(invoice_id, qb=qb).delete(qb=qb)
             since = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
             cdc = change_data_capture([Invoice, Customer], since, qb=qb)
@@ -57,7 +61,7 @@ async def test_python_quickbooks_creates_updates_voids_and_deletes(
                 "customer": (created_id, first_token, again.SyncToken, again.Notes),
                 "display": again.DisplayName,
                 "invoice": invoice_id,
-                "voided": Invoice.get("1", qb=qb).TotalAmt,
+                "voided": (Invoice.get("1", qb=qb).TotalAmt, payment_total),
                 "cdc_invoices": {i.Id: getattr(i, "status", None) for i in cdc.Invoice},
             }
 
@@ -65,7 +69,7 @@ async def test_python_quickbooks_creates_updates_voids_and_deletes(
         created_id, first_token, token, notes = seen["customer"]
         assert int(token) == int(first_token) + 1 and notes == "edited by a client"
         assert seen["display"] == "Written Through The API"
-        assert seen["voided"] == 0
+        assert seen["voided"] == (0, 0)
         assert seen["cdc_invoices"][seen["invoice"]] == "Deleted"
         made = [(r.entity, r.object_id, r.operation, r.event_type.value)
                 for r in sandbox.change_log(realm, before)]  # fmt: skip
@@ -74,6 +78,7 @@ async def test_python_quickbooks_creates_updates_voids_and_deletes(
             ("Customer", created_id, "Update", "UPDATED"),
             ("Invoice", seen["invoice"], "Create", "CREATED"),
             ("Invoice", "1", "Void", "UPDATED"),
+            ("Payment", "1", "Void", "UPDATED"),
             ("Invoice", seen["invoice"], "Delete", "DELETED"),
         ]
 
@@ -92,8 +97,7 @@ async def test_sparse_update_deactivation_and_the_faults_of_bad_writes(
 
         _, read = await post("/customer", {"Id": "2", "SyncToken": "x", "sparse": True})
         assert read["Fault"]["Error"][0]["code"] == "5010"  # stale SyncToken
-        customer = sandbox.state.companies[sandbox.options.realm_ids[0]].get("Customer", "2")
-        assert customer is not None
+        customer = stored(sandbox, "2")
         token, name = customer["SyncToken"], customer["DisplayName"]
 
         status, body = await post(
@@ -120,9 +124,60 @@ async def test_sparse_update_deactivation_and_the_faults_of_bad_writes(
         assert status == 400 and body["Fault"]["Error"][0]["Message"] == "Unsupported Operation"
         status, body = await post("/customer", ["not", "an", "object"])
         assert status == 400 and body["Fault"]["Error"][0]["code"] == "2010"
-        # Query and batch keep their own routes.
+        # An inactive entry takes no edit but being made active again.
+        token = stored(sandbox, "2")["SyncToken"]
+        status, body = await post(
+            "/customer", {"Id": "2", "SyncToken": token, "sparse": "true", "Notes": "x"}
+        )
+        assert status == 400 and body["Fault"]["Error"][0]["code"] == "610"
+        status, body = await post(
+            "/customer", {"Id": "2", "SyncToken": token, "sparse": "true", "Active": True}
+        )
+        assert status == 200 and body["Customer"]["Active"] is True
+        assert sandbox.change_log()[-1].event_type.value == "UPDATED"
+        # A full update must carry the name; a string "true" is a sparse update.
+        token = body["Customer"]["SyncToken"]
+        status, body = await post("/customer", {"Id": "2", "SyncToken": token, "Notes": "y"})
+        assert status == 400 and body["Fault"]["Error"][0]["Detail"] == "DisplayName"
+        status, body = await post("/customer", {"Id": "2", "Notes": "y", "sparse": True})
+        assert status == 400 and body["Fault"]["Error"][0]["Detail"] == "SyncToken"
+        # Entries with no Delete in Intuit's matrix cannot be deactivated: the webhook would say
+        # Update where a poll reads Active=false as a delete.
+        term = stored(sandbox, "1", entity="Term")
+        status, body = await post(
+            "/term", {"Id": "1", "SyncToken": term["SyncToken"], "sparse": True, "Active": False}
+        )
+        assert status == 400 and body["Fault"]["Error"][0]["code"] == "6000"
+        # Voiding twice is a business rule, answered as a Fault.
+        invoice = stored(sandbox, "3", entity="Invoice")
+        voided = {"Id": "3", "SyncToken": invoice["SyncToken"]}
+        assert (await post("/invoice", voided, operation="void"))[0] == 200
+        voided["SyncToken"] = stored(sandbox, "3", entity="Invoice")["SyncToken"]
+        status, body = await post("/invoice", voided, operation="void")
+        assert status == 400 and body["Fault"]["Error"][0]["code"] == "6000"
+        # Query and batch keep their own routes, whatever their method.
         status, _ = await api.query("SELECT * FROM Customer")
         assert status == 200
+        async with session.post(
+            api.base + "/query",
+            data="SELECT COUNT(*) FROM Invoice",
+            headers={**api.headers, "Content-Type": "application/text"},
+        ) as response:
+            assert response.status == 200
+            assert "totalCount" in (await response.json())["QueryResponse"]
+        batch = {"BatchItemRequest": [{"bId": "1", "Query": "SELECT * FROM Term"}]}
+        status, body = await post("/batch", batch)
+        assert status == 200 and body["BatchItemResponse"][0]["bId"] == "1"
+        status, body = await post("/companyinfo", {"SyncToken": "0", "CompanyName": "Renamed"})
+        assert status == 200 and body["CompanyInfo"]["CompanyName"] == "Renamed"
+        assert body["CompanyInfo"]["SyncToken"] == "1"
+
+
+def stored(sandbox: Sandbox, object_id: str, *, entity: str = "Customer") -> Any:
+    """The sandbox's own copy of an object of the first realm."""
+    found = sandbox.state.companies[sandbox.options.realm_ids[0]].get(entity, object_id)
+    assert found is not None
+    return found
 
 
 async def test_a_write_is_announced_by_webhook(options: Callable[..., SandboxOptions]) -> None:

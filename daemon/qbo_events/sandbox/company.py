@@ -278,7 +278,7 @@ class Company:
     def _deactivate(entity: str, obj: dict[str, Any]) -> None:
         obj["Active"] = False
         key = catalog.display_name_key(entity)
-        if key is not None and not str(obj.get(key, "")).endswith(" (deleted)"):
+        if key is not None and key in obj and not str(obj[key]).endswith(" (deleted)"):
             obj[key] = f"{obj[key]} (deleted)"
 
     def _record(

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import catalog
 from .api import BY_LOWER, api_call
-from .clock import pacific_ms, utc_now
+from .clock import pacific, pacific_ms, utc_now, whole_second
 from .company import Company
 from .responses import Fault, json_response, object_not_found
 from .state import State
@@ -24,39 +24,95 @@ _OPERATIONS: Final = ("create", "update", "delete", "void")
 @api_call
 async def write_endpoint(request: web.Request, state: State, company: Company) -> web.Response:
     name = request.match_info["entity"]
-    entity = BY_LOWER.get(name.lower())
     operation = request.query.get("operation", "").lower()
+    # python-quickbooks voids payments and sales receipts as a sparse update that includes void.
+    if operation == "update" and request.query.get("include", "").lower() == "void":
+        operation = "void"
+    if name.lower() == "companyinfo" and operation in ("", "update"):
+        body = _entity_body(await request.read(), "CompanyInfo")
+        return json_response({"CompanyInfo": _update_company_info(company, body), **_now()})
+    entity = BY_LOWER.get(name.lower())
     if entity is None or operation not in ("", *_OPERATIONS):
         raise _unsupported(operation or "Create", name)
     body = _entity_body(await request.read(), entity)
+    if entity in catalog.TRANSACTIONS:
+        body.pop("Active", None)  # transactions have no Active; deletes are deletes
     object_id = str(body.get("Id") or "")
     if operation in ("", "create", "update") and not object_id:
         if operation == "update":
             raise _missing("Id")
-        obj = company.create(entity, body)
-        return json_response({entity: obj, "time": pacific_ms(utc_now())})
+        if entity in catalog.NAME_LISTS:
+            body["Active"] = True  # an entry is created active
+        return json_response({entity: company.create(entity, body), **_now()})
     if operation == "delete" and (
         entity not in catalog.TRANSACTIONS or "Delete" not in catalog.operations(entity)
     ):
         raise _unsupported("Delete", entity, hint="; set Active to false to delete it")
     if operation == "void" and "Void" not in catalog.operations(entity):
         raise _unsupported("Void", entity)
+    current = _current(company, entity, object_id, body)
+    if operation == "delete":
+        _apply(company, entity, "Delete", object_id)
+        gone = {"domain": "QBO", "status": "Deleted", "Id": object_id}
+        return json_response({entity: gone, **_now()})
+    if operation == "void":
+        _apply(company, entity, "Void", object_id)
+    else:
+        sparse = str(body.get("sparse")).lower() == "true"
+        _check_update(entity, current, body, sparse=sparse)
+        company.update(entity, object_id, body, sparse=sparse)
+    return json_response({entity: company.get(entity, object_id), **_now()})
+
+
+def _current(company: Company, entity: str, object_id: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The object a write names, checked as QuickBooks checks it: Id and SyncToken given, the
+    object there (and active, unless the write reactivates it), the SyncToken the latest."""
     if not object_id:
         raise _missing("Id")
+    if body.get("SyncToken") in (None, ""):
+        raise _missing("SyncToken")
     current = company.get(entity, object_id)
-    if current is None:
+    # An inactive entry takes one change: being made active again.
+    if current is None or (current.get("Active") is False and body.get("Active") is not True):
         raise object_not_found(entity, object_id)
-    if str(body.get("SyncToken", "")) != current["SyncToken"]:
+    if str(body["SyncToken"]) != current["SyncToken"]:
         raise _stale(entity, object_id)
-    if operation == "delete":
-        company.apply(entity, "Delete", object_id)
-        gone = {"domain": "QBO", "status": "Deleted", "Id": object_id}
-        return json_response({entity: gone, "time": pacific_ms(utc_now())})
-    if operation == "void":
-        company.apply(entity, "Void", object_id)
-    else:
-        company.update(entity, object_id, body, sparse=body.get("sparse") is True)
-    return json_response({entity: company.get(entity, object_id), "time": pacific_ms(utc_now())})
+    return current
+
+
+def _check_update(
+    entity: str, current: dict[str, Any], body: dict[str, Any], *, sparse: bool
+) -> None:
+    """What QuickBooks refuses in an update, and what would make a webhook and a poll of the
+    change disagree: a deactivation of an entry whose operation matrix has no Delete."""
+    key = catalog.display_name_key(entity)
+    if key is not None and not sparse and not body.get(key):
+        raise _missing(key)
+    if body.get("Active") is False and "Delete" not in catalog.operations(entity):
+        raise _business_rule(f"{entity} entries cannot be made inactive in the sandbox")
+
+
+def _apply(company: Company, entity: str, operation: str, object_id: str) -> None:
+    try:
+        company.apply(entity, operation, object_id)
+    except ValueError as exc:  # e.g. voiding what is already void
+        raise _business_rule(str(exc)) from None
+
+
+def _update_company_info(company: Company, body: dict[str, Any]) -> dict[str, Any]:
+    info = company.company_info
+    if body.get("SyncToken") in (None, ""):
+        raise _missing("SyncToken")
+    if str(body["SyncToken"]) != info["SyncToken"]:
+        raise _stale("CompanyInfo", info["Id"])
+    info.update({k: v for k, v in body.items() if k not in ("Id", "SyncToken", "MetaData")})
+    info["SyncToken"] = str(int(info["SyncToken"]) + 1)
+    info["MetaData"]["LastUpdatedTime"] = pacific(whole_second(utc_now()))
+    return info
+
+
+def _now() -> dict[str, str]:
+    return {"time": pacific_ms(utc_now())}
 
 
 def _entity_body(raw: bytes, entity: str) -> dict[str, Any]:
@@ -86,6 +142,14 @@ def _unsupported(operation: str, entity: str, *, hint: str = "") -> Fault:
         "Unsupported Operation",
         f"Operation {operation.capitalize()} is not supported for {entity}{hint}",
         code="500",
+    )
+
+
+def _business_rule(detail: str) -> Fault:
+    return Fault(
+        "A business validation error has occurred while processing your request",
+        f"Business Validation Error: {detail}",
+        code="6000",
     )
 
 
