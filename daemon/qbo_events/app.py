@@ -36,6 +36,8 @@ from qbo_events.systemd import Notifier
 log = structlog.get_logger("qbo_events.app")
 
 OUTBOX_FILE = "outbox.sqlite3"
+# The health endpoints are an Application; the webhook listener, aiohttp's low-level Server.
+Listener = web.Application | web.Server
 REPORT_INTERVAL = 60.0
 
 
@@ -51,9 +53,7 @@ class Site:
         self.runner: web.BaseRunner | None = None
         self.address = ""
 
-    async def bind(
-        self, make_app: Callable[[], web.Application | web.Server], address: str
-    ) -> None:
+    async def bind(self, make_app: Callable[[], Listener], address: str) -> None:
         """Bind the new listener before closing the old one, so a bad address changes nothing.
         On the same port that cannot be done: there the old one closes first, and comes back
         if the new one fails."""
@@ -235,7 +235,7 @@ class Daemon:
         assert self._sender is not None and self._listener is not None
         assert self._outbox is not None
         routes, targets = Routes(new), targets_from(new)
-        moved: list[tuple[Site, Callable[[], web.Application | web.Server], str]] = []
+        moved: list[tuple[Site, Callable[[], Listener], str]] = []
         try:
             if new.http.webhook_listen != old.http.webhook_listen:
                 await self._webhook_site.bind(self._webhook_app, new.http.webhook_listen)
@@ -361,7 +361,7 @@ class Daemon:
         }
 
 
-async def _serve(app: web.Application | web.Server, host: str, port: int) -> web.BaseRunner:
+async def _serve(app: Listener, host: str, port: int) -> web.BaseRunner:
     runner: web.BaseRunner
     if isinstance(app, web.Server):
         runner = web.ServerRunner(app, handle_signals=False)

@@ -301,15 +301,12 @@ def configure(level: str = "info", fmt: str = "auto", *, stream: IO[str] | None 
 
 
 # syslog priorities, which journald reads from a `<N>` prefix and strips from the message.
-_PRIORITIES: Final[Mapping[str, int]] = {
-    "debug": 7,
-    "info": 6,
-    "warning": 4,
-    "warn": 4,
-    "error": 3,
-    "exception": 3,
-    "critical": 2,
-    "fatal": 2,
+_PRIORITIES: Final[Mapping[int, int]] = {
+    logging.DEBUG: 7,
+    logging.INFO: 6,
+    logging.WARNING: 4,
+    logging.ERROR: 3,
+    logging.CRITICAL: 2,
 }
 
 
@@ -331,7 +328,7 @@ def _with_priority(renderer: Processor) -> Processor:
         text = renderer(logger, name, event_dict)
         if isinstance(text, bytes):
             text = text.decode()
-        return f"<{_PRIORITIES.get(level, 6)}>{text}"
+        return f"<{_PRIORITIES[_METHOD_LEVELS.get(level, logging.INFO)]}>{text}"
 
     return render
 

@@ -209,6 +209,12 @@ class Company:
         else:
             self._record(entity, object_id, "Update", EventType.UPDATED, stamp)
 
+    def update_company_info(self, fields: dict[str, Any]) -> dict[str, Any]:
+        """A client's sparse update of CompanyInfo (announced by no webhook: not one of the 22)."""
+        self.company_info.update(_writable(fields))
+        self._touch(self.company_info, self._stamp(self.company_info))
+        return self.company_info
+
     def _merge(self, entity: str, survivor_id: str | None) -> list[ChangeRecord]:
         """The survivor is updated; the merged-away entry is deactivated at the same instant."""
         survivor = self._target(entity, "Merge", survivor_id)

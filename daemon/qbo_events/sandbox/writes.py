@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import catalog
 from .api import BY_LOWER, api_call
-from .clock import pacific, pacific_ms, utc_now, whole_second
+from .clock import pacific_ms, utc_now
 from .company import Company
 from .responses import Fault, json_response, object_not_found
 from .state import State
@@ -30,7 +30,9 @@ async def write_endpoint(request: web.Request, state: State, company: Company) -
         operation = "void"
     if name.lower() == "companyinfo" and operation in ("", "update"):
         body = _entity_body(await request.read(), "CompanyInfo")
-        return json_response({"CompanyInfo": _update_company_info(company, body), **_now()})
+        info = company.company_info
+        _check_sync_token(body, info, "CompanyInfo", info["Id"])
+        return json_response({"CompanyInfo": company.update_company_info(body), **_now()})
     entity = BY_LOWER.get(name.lower())
     if entity is None or operation not in ("", *_OPERATIONS):
         raise _unsupported(operation or "Create", name)
@@ -69,15 +71,23 @@ def _current(company: Company, entity: str, object_id: str, body: dict[str, Any]
     object there (and active, unless the write reactivates it), the SyncToken the latest."""
     if not object_id:
         raise _missing("Id")
-    if body.get("SyncToken") in (None, ""):
-        raise _missing("SyncToken")
     current = company.get(entity, object_id)
     # An inactive entry takes one change: being made active again.
     if current is None or (current.get("Active") is False and body.get("Active") is not True):
+        _check_sync_token(body, None, entity, object_id)
         raise object_not_found(entity, object_id)
-    if str(body["SyncToken"]) != current["SyncToken"]:
-        raise _stale(entity, object_id)
+    _check_sync_token(body, current, entity, object_id)
     return current
+
+
+def _check_sync_token(
+    body: dict[str, Any], current: dict[str, Any] | None, entity: str, object_id: str
+) -> None:
+    """Given (2020 otherwise) and, for an object that is there, its latest (5010 otherwise)."""
+    if body.get("SyncToken") in (None, ""):
+        raise _missing("SyncToken")
+    if current is not None and str(body["SyncToken"]) != current["SyncToken"]:
+        raise _stale(entity, object_id)
 
 
 def _check_update(
@@ -97,18 +107,6 @@ def _apply(company: Company, entity: str, operation: str, object_id: str) -> Non
         company.apply(entity, operation, object_id)
     except ValueError as exc:  # e.g. voiding what is already void
         raise _business_rule(str(exc)) from None
-
-
-def _update_company_info(company: Company, body: dict[str, Any]) -> dict[str, Any]:
-    info = company.company_info
-    if body.get("SyncToken") in (None, ""):
-        raise _missing("SyncToken")
-    if str(body["SyncToken"]) != info["SyncToken"]:
-        raise _stale("CompanyInfo", info["Id"])
-    info.update({k: v for k, v in body.items() if k not in ("Id", "SyncToken", "MetaData")})
-    info["SyncToken"] = str(int(info["SyncToken"]) + 1)
-    info["MetaData"]["LastUpdatedTime"] = pacific(whole_second(utc_now()))
-    return info
 
 
 def _now() -> dict[str, str]:
