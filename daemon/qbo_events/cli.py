@@ -13,7 +13,7 @@ from typing import Any
 from qbo_events import __version__
 from qbo_events import config as config_module
 from qbo_events.config import Config
-from qbo_events.errors import ConfigError, QboEventsError
+from qbo_events.errors import ConfigError, QboEventsError, StartupError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -27,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"config: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except StartupError as exc:
+        print(f"qbo-events: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except QboEventsError as exc:
         print(f"qbo-events: {exc}", file=sys.stderr)

@@ -15,6 +15,11 @@ class ConfigError(QboEventsError):
         self.problems = problems
 
 
+class StartupError(QboEventsError):
+    """The daemon cannot start as configured (a listener that cannot bind, a state directory
+    another daemon holds); one line naming the key and the cause, exit 2."""
+
+
 class OutboxError(QboEventsError):
     """The outbox could not take or give back rows (disk full, closed, corrupt)."""
 
