@@ -104,7 +104,7 @@ def test_check_a_broken_config_exits_2_with_every_error_one_a_line(tmp_path: Pat
     errors = [line.removeprefix("config: ") for line in lines]
     assert errors[:3] == [
         "typo: unknown key",
-        "log.level: invalid enum value 'loud'",
+        'log.level: must be one of debug, info, warning, error (got "loud")',
         "delivery.workers: must be >= 1",
     ]
     assert "instances[0].event.poller.refresh_interval: must be > 0" in errors

@@ -271,15 +271,24 @@ def test_the_spec_example_error_names_the_second_instance() -> None:
     ("text", "expected"),
     [
         ("bogus = 1", "bogus: unknown key"),
-        ("[logs]\nlevel = 'info'", "logs: unknown key"),
-        ("[log]\nlevle = 'info'", "log.levle: unknown key"),
-        ("[http]\nwebhook_port = 80", "http.webhook_port: unknown key"),
-        ("[delivery]\nworker = 3", "delivery.worker: unknown key"),
-        ("[outbox]\nmax_pendings = 3", "outbox.max_pendings: unknown key"),
-        ("[quickbooks]\nclientid = 'x'", "quickbooks.clientid: unknown key"),
+        ("[logs]\nlevel = 'info'", "logs: unknown key; did you mean log?"),
+        ("[log]\nlevle = 'info'", "log.levle: unknown key; did you mean level?"),
+        ("[http]\nwebhook_port = 80", "http.webhook_port: unknown key; did you mean webhook_path?"),
+        ("[delivery]\nworker = 3", "delivery.worker: unknown key; did you mean workers?"),
+        (
+            "[outbox]\nmax_pendings = 3",
+            "outbox.max_pendings: unknown key; did you mean max_pending?",
+        ),
+        (
+            "[quickbooks]\nclientid = 'x'",
+            "quickbooks.clientid: unknown key; did you mean client_id?",
+        ),
         ("state_dir = 5", "state_dir: expected str, got int"),
-        ("[log]\nlevel = 'loud'", "log.level: invalid enum value 'loud'"),
-        ("[log]\nformat = 'xml'", "log.format: invalid enum value 'xml'"),
+        (
+            "[log]\nlevel = 'loud'",
+            'log.level: must be one of debug, info, warning, error (got "loud")',
+        ),
+        ("[log]\nformat = 'xml'", 'log.format: must be one of json, console, auto (got "xml")'),
         ("[http]\nmax_body_bytes = 5", "http.max_body_bytes: must be >= 1024"),
         ("[delivery]\nworkers = 'many'", "delivery.workers: expected int, got str"),
         ("[delivery]\nworkers = 0", "delivery.workers: must be >= 1"),
@@ -288,11 +297,20 @@ def test_the_spec_example_error_names_the_second_instance() -> None:
         ("[delivery]\nshutdown_timeout = -1", "delivery.shutdown_timeout: must be >= 0.0"),
         ("[delivery]\nretry_schedule = [5, 0]", "delivery.retry_schedule[1]: must be > 0.0"),
         ("[delivery]\nretry_schedule = []", "delivery.retry_schedule: must not be empty"),
-        ("[delivery]\nformat = 'xml'", "delivery.format: invalid enum value 'xml'"),
-        ("[outbox]\ndurability = 'some'", "outbox.durability: invalid enum value 'some'"),
+        (
+            "[delivery]\nformat = 'xml'",
+            'delivery.format: must be one of open-connectors, cloudevents (got "xml")',
+        ),
+        (
+            "[outbox]\ndurability = 'some'",
+            'outbox.durability: must be one of full, normal (got "some")',
+        ),
         ("[outbox]\nmax_pending = 0", "outbox.max_pending: must be >= 1"),
         ("[quickbooks]\nminor_version = 70", "quickbooks.minor_version: must be >= 75"),
-        ("[quickbooks]\nenvironment = 'dev'", "quickbooks.environment: invalid enum value 'dev'"),
+        (
+            "[quickbooks]\nenvironment = 'dev'",
+            'quickbooks.environment: must be one of production, sandbox (got "dev")',
+        ),
         (
             "[quickbooks]\napi_base_url = 'ftp://x'",
             "quickbooks.api_base_url: must be an http(s) URL",
@@ -315,11 +333,14 @@ def test_each_error_names_its_key_path(text: str, expected: str) -> None:
     ("extra", "expected"),
     [
         ("colour = 'red'", "instances[0].colour: unknown key"),
-        ("event.poller.interval = 5", "instances[0].event.poller.interval: unknown key"),
+        (
+            "event.poller.interval = 5",
+            ("instances[0].event.poller.interval: unknown key; did you mean refresh_interval?"),
+        ),
         ("event.vendor.kind = 'x'", "instances[0].event.vendor.kind: unknown key"),
         (
             "event.notification.callback.uri = 'x'",
-            "instances[0].event.notification.callback.uri: unknown key",
+            "instances[0].event.notification.callback.uri: unknown key; did you mean url?",
         ),
         ("tags = ['a', 1]", "instances[0].tags[1]: expected str, got int"),
         ("event.poller.overlap = -1", "instances[0].event.poller.overlap: must be >= 0.0"),
@@ -343,10 +364,19 @@ def test_instance_errors_name_their_key_path(extra: str, expected: str) -> None:
 
 
 def test_a_missing_required_key_and_a_bad_vendor_type() -> None:
-    assert problems('[[instances]]\nrealm_id = "1"\n') == ["instances[0].name: required"]
-    assert problems('[[instances]]\nname = "a"\n') == ["instances[0].realm_id: required"]
+    assert problems('[[instances]]\nrealm_id = "1"\n') == [
+        "instances[0].name: required",
+        "instances[0].event.notification.callback.url: must be an http(s) URL (got '')",
+    ]
+    assert problems('[[instances]]\nname = "a"\n') == [
+        "instances[0].realm_id: required",
+        "instances[0].event.notification.callback.url: must be an http(s) URL (got '')",
+    ]
     assert problems(WEBHOOKS + instance(vendor="email")) == [
-        "instances[0].event.vendor.type: invalid enum value 'email'"
+        (
+            "instances[0].event.vendor.type: must be one of polling, webhook, webhooks, hybrid"
+            ' (got "email")'
+        )
     ]
 
 
@@ -382,7 +412,7 @@ def test_several_errors_from_different_sections_and_instances_at_once() -> None:
     )
     assert set(found) >= {
         "bogus: unknown key",
-        "log.level: invalid enum value 'loud'",
+        'log.level: must be one of debug, info, warning, error (got "loud")',
         "http.max_body_bytes: must be >= 1024",
         "delivery.workers: expected int, got str",
         "instances[0].event.poller.refresh_interval: must be > 0",
@@ -414,12 +444,15 @@ def test_every_error_of_one_section_and_of_one_instance_is_reported() -> None:
     )
     assert sorted(found) == sorted(
         [
-            "log.level: invalid enum value 'loud'",
-            "log.format: invalid enum value 'xml'",
+            'log.level: must be one of debug, info, warning, error (got "loud")',
+            'log.format: must be one of json, console, auto (got "xml")',
             "delivery.workers: expected int, got str",
             "delivery.timeout: must be > 0.0",
             "delivery.bogus: unknown key",
-            "instances[0].event.vendor.type: invalid enum value 'webhok'",
+            (
+                "instances[0].event.vendor.type: must be one of polling, webhook, webhooks, hybrid"
+                ' (got "webhok")'
+            ),
             "instances[0].event.poller.bogus: unknown key",
             "instances[0].event.poller.refresh_interval: expected float | str, got array",
         ]
@@ -621,3 +654,136 @@ def test_default_path() -> None:
     assert config.default_path({}) == Path("config.toml")
     assert config.default_path({"QBO_EVENTS_CONFIG": "/etc/q.toml"}) == Path("/etc/q.toml")
     assert config.default_path({"QBO_EVENTS_CONFIG": ""}) == Path("config.toml")
+
+
+# Secret files that hold nothing
+
+
+@pytest.mark.parametrize("content", ["", "\n", "  \t\n  \n"])
+def test_an_empty_secret_file_is_an_error_naming_its_key(tmp_path: Path, content: str) -> None:
+    for name in ("client_secret", "verifier", "sig"):
+        (tmp_path / name).write_text(content)
+    found = problems(
+        """
+        [quickbooks]
+        client_id = "c"
+        client_secret_file = "client_secret"
+        webhook_verifier_token_file = "verifier"
+        """
+        + instance(vendor="hybrid", extra='event.notification.signature.key_file = "sig"'),
+        CREDENTIALS_DIRECTORY=str(tmp_path),
+    )
+    assert found[:3] == [
+        f"quickbooks.client_secret_file: {tmp_path / 'client_secret'} is empty",
+        f"quickbooks.webhook_verifier_token_file: {tmp_path / 'verifier'} is empty",
+        f"instances[0].event.notification.signature.key_file: {tmp_path / 'sig'} is empty",
+    ]
+
+
+def test_an_empty_signature_key_file_never_turns_signing_off(tmp_path: Path) -> None:
+    (tmp_path / "sig").write_text("\n")
+    path = tmp_path / "config.toml"
+    path.write_text(WEBHOOKS + instance(extra='event.notification.signature.key_file = "sig"'))
+    with pytest.raises(ConfigError) as info:
+        config.load(path, environ={})
+    assert info.value.problems == [
+        f"instances[0].event.notification.signature.key_file: {tmp_path / 'sig'} is empty"
+    ]
+
+
+# state_dir follows the config file, as the *_file keys do
+
+
+def test_a_relative_state_dir_is_beside_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "config.toml"
+    path.write_text('state_dir = "./state"\n')
+    assert config.load(path, environ={}).state_dir == str(tmp_path / "etc" / "state")
+    path.write_text('state_dir = "../var/qbo"\n')
+    assert config.load(path, environ={}).state_dir == str(tmp_path / "var" / "qbo")
+    path.write_text("")
+    assert config.load(path, environ={}).state_dir == str(tmp_path / "etc" / "state")
+
+
+def test_an_absolute_state_dir_is_kept(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(f'state_dir = "{tmp_path / "elsewhere"}"\n')
+    assert config.load(path, environ={}).state_dir == str(tmp_path / "elsewhere")
+
+
+def test_loads_resolves_state_dir_against_its_base_dir(tmp_path: Path) -> None:
+    cfg = config.loads('state_dir = "s"\n', environ={}, base_dir=tmp_path)
+    assert cfg.state_dir == str(tmp_path / "s")
+
+
+# check's error messages: every error, the allowed values, the nearest known key
+
+
+def test_a_bad_enum_value_does_not_hide_the_instances_other_errors() -> None:
+    found = problems(
+        WEBHOOKS
+        + """
+        [[instances]]
+        name = "a b"
+        realm_id = "1"
+        event.vendor.type = "pollng"
+        event.notification.callback.url = "not a url"
+        event.poller.refresh_interval = 0
+        event.poller.urls = "invoices|widgets"
+        """
+    )
+    assert found[:4] == [
+        "instances[0].event.vendor.type: must be one of polling, webhook, webhooks, hybrid"
+        ' (got "pollng")',
+        "instances[0].name: must be 1-64 of A-Z a-z 0-9 . _ - (got 'a b')",
+        "instances[0].event.notification.callback.url: must be an http(s) URL (got 'not a url')",
+        "instances[0].event.poller.refresh_interval: must be > 0",
+    ]
+    assert found[4].startswith("instances[0].event.poller.urls: ") and "'widgets'" in found[4]
+    assert len(found) == 5
+
+
+def test_a_missing_name_does_not_hide_the_instances_other_errors() -> None:
+    found = problems(
+        WEBHOOKS + '[[instances]]\nrealm_id = "1"\nevent.poller.refresh_interval = -2\n'
+        'event.notification.callback.url = "https://example.com/a"\n'
+    )
+    assert found == [
+        "instances[0].name: required",
+        "instances[0].event.poller.refresh_interval: must be > 0",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            "event.poller.refresh_intervall = 5",
+            "instances[0].event.poller.refresh_intervall: unknown key;"
+            " did you mean refresh_interval?",
+        ),
+        (
+            "event.poller.url = 'bills'",
+            "instances[0].event.poller.url: unknown key; did you mean urls?",
+        ),
+        ("realmid = '1'", "instances[0].realmid: unknown key; did you mean realm_id?"),
+        (
+            "event.notifcation.enabled = true",
+            "instances[0].event.notifcation: unknown key; did you mean notification?",
+        ),
+    ],
+)
+def test_a_misspelt_instance_key_gets_the_nearest_known_key(text: str, expected: str) -> None:
+    assert problems(WEBHOOKS + instance(extra=text)) == [expected]
+
+
+def test_a_misspelt_section_key_gets_the_nearest_known_key() -> None:
+    assert problems("[delivery]\nretry_schedul = [1]\n") == [
+        "delivery.retry_schedul: unknown key; did you mean retry_schedule?"
+    ]
+    assert problems("state_dri = 'x'\n") == ["state_dri: unknown key; did you mean state_dir?"]
+    assert problems("[[instance]]\nname = 'a'\n") == [
+        "instance: unknown key; did you mean instances?"
+    ]
+    # Nothing near: no guess.
+    assert problems("[delivery]\nzzz = 1\n") == ["delivery.zzz: unknown key"]

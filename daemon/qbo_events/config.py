@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import difflib
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 import msgspec
@@ -194,6 +195,12 @@ def loads(
         problems += validate(config)
     if problems or config is None:
         raise ConfigError(problems)
+    if base_dir is not None:
+        # Like the `*_file` keys, a relative state_dir follows the config file, not the shell's
+        # working directory: `deliveries list` run from elsewhere must read the daemon's outbox.
+        config = msgspec.structs.replace(
+            config, state_dir=os.path.normpath(base_dir / config.state_dir)
+        )
     return config
 
 
@@ -213,7 +220,7 @@ def _decode(data: dict[str, Any], problems: list[str]) -> Config | None:
     report every error rather than msgspec's first."""
     for key in data:
         if key not in _SECTIONS and key != "instances":
-            problems.append(f"{key}: unknown key")
+            problems.append(_unknown_key(key, key, [*_SECTIONS, "instances"]))
     parts: dict[str, Any] = {}
     for key, kind in _SECTIONS.items():
         if key in data:
@@ -231,9 +238,13 @@ def _decode(data: dict[str, Any], problems: list[str]) -> Config | None:
             instances[index] = msgspec.convert(raw, Instance)
         except msgspec.ValidationError as exc:
             problems += _every_error(raw, Instance, f"instances[{index}]", exc)
+            salvaged = _salvage_instance(raw)
+            if salvaged is not None:
+                instances[index] = salvaged
     if problems:
-        # Still report what is wrong inside the instances that did decode.
-        problems += _validate_instances(instances)
+        # Still report what is wrong inside the instances, once for each key.
+        reported = {problem.partition(": ")[0] for problem in problems}
+        problems += [p for p in _validate_instances(instances) if not _under(p, reported)]
         return None
     return Config(**parts, instances=list(instances.values()))
 
@@ -242,6 +253,9 @@ def _every_error(value: Any, kind: Any, prefix: str, first: msgspec.ValidationEr
     """The errors of a table that failed to decode as the Struct `kind`, each of its keys tried
     on its own (recursively into tables); `first`, msgspec's own error, when none of them fails
     alone (a check of the whole table)."""
+    if get_origin(kind) is Literal:
+        allowed = ", ".join(str(choice) for choice in get_args(kind))
+        return [f"{prefix}: must be one of {allowed} (got {_shown(value)})"]
     if not (
         isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct)
     ):
@@ -251,7 +265,7 @@ def _every_error(value: Any, kind: Any, prefix: str, first: msgspec.ValidationEr
     for key, item in value.items():
         field = fields.get(key)
         if field is None:
-            errors.append(f"{prefix}.{key}: unknown key")
+            errors.append(_unknown_key(f"{prefix}.{key}", key, fields))
             continue
         try:
             msgspec.convert(item, field.type)
@@ -263,6 +277,58 @@ def _every_error(value: Any, kind: Any, prefix: str, first: msgspec.ValidationEr
         if f.required and name not in value
     ]
     return errors or [_describe(first, prefix)]
+
+
+def _under(problem: str, paths: set[str]) -> bool:
+    """Whether `problem` is about one of `paths` or a key inside one."""
+    path = problem.partition(": ")[0]
+    return any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in paths)
+
+
+def _unknown_key(path: str, key: str, known: Iterable[str]) -> str:
+    near = difflib.get_close_matches(key, list(known), n=1)
+    return f"{path}: unknown key" + (f"; did you mean {near[0]}?" if near else "")
+
+
+def _shown(value: Any) -> str:
+    try:
+        return msgspec.json.encode(value).decode()
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _salvage(value: Any, kind: Any) -> Any:
+    """`value` without the keys that fail to decode as `kind`'s fields, so that the checks of
+    the keys that are fine can still run."""
+    if not (
+        isinstance(value, dict) and isinstance(kind, type) and issubclass(kind, msgspec.Struct)
+    ):
+        return value
+    fields = {field.encode_name: field for field in msgspec.structs.fields(kind)}
+    kept: dict[str, Any] = {}
+    for key, item in value.items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        item = _salvage(item, field.type)
+        try:
+            msgspec.convert(item, field.type)
+        except msgspec.ValidationError:
+            continue
+        kept[key] = item
+    return kept
+
+
+def _salvage_instance(raw: Any) -> Instance | None:
+    """An instance that failed to decode, its bad keys left out and its missing required keys
+    blank (their errors are already reported), or None when even that does not decode."""
+    salvaged = _salvage(raw, Instance)
+    if not isinstance(salvaged, dict):
+        return None
+    try:
+        return msgspec.convert({"name": "", "realm_id": "", **salvaged}, Instance)
+    except msgspec.ValidationError:
+        return None
 
 
 def _describe(exc: msgspec.ValidationError, prefix: str) -> str:
@@ -289,10 +355,14 @@ def _read_secret(
         credentials = environ.get("CREDENTIALS_DIRECTORY")
         path = Path(credentials) / path if credentials else base_dir / path
     try:
-        return path.read_text(encoding="utf-8").strip()
+        secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         problems.append(f"{key}: cannot read {path}: {exc.strerror or exc}")
         return ""
+    if not secret:
+        # An empty key file would otherwise mean "no secret": signing silently off, for one.
+        problems.append(f"{key}: {path} is empty")
+    return secret
 
 
 def _resolve_secrets(
@@ -355,6 +425,19 @@ def validate(config: Config) -> list[str]:
             parse_listen(getattr(config.http, key))
         except ValueError as exc:
             problems.append(f"http.{key}: {exc}")
+    if not problems:
+        webhook, health = config.http.webhook_listen, config.http.health_listen
+        (w_host, w_port), (h_host, h_port) = parse_listen(webhook), parse_listen(health)
+        # A wildcard takes the port on every address of its family (asyncio binds IPv6 only).
+        family = {w_host: ":" in w_host, h_host: ":" in h_host}
+        wild = [h for h in (w_host, h_host) if h in ("0.0.0.0", "::")]
+        if w_port == h_port != 0 and (
+            w_host == h_host or any(family[w] == family[h] for w in wild for h in family)
+        ):
+            problems.append(
+                f"http.health_listen: {health} clashes with http.webhook_listen {webhook}"
+                " (one port, overlapping addresses)"
+            )
     for key, value in (
         ("delivery.timeout", config.delivery.timeout),
         ("delivery.shutdown_timeout", config.delivery.shutdown_timeout),
