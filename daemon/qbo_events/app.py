@@ -22,8 +22,9 @@ from aiohttp import web
 
 from qbo_events import __version__, logs
 from qbo_events import config as config_module
-from qbo_events.config import Config, parse_listen
-from qbo_events.errors import ConfigError
+from qbo_events.config import Config
+from qbo_events.errors import ConfigError, StartupError
+from qbo_events.listeners import Listener, Site
 from qbo_events.metrics import Metrics
 from qbo_events.ops import health_app
 from qbo_events.outbox import Outbox
@@ -36,49 +37,11 @@ from qbo_events.systemd import Notifier
 log = structlog.get_logger("qbo_events.app")
 
 OUTBOX_FILE = "outbox.sqlite3"
-# The health endpoints are an Application; the webhook listener, aiohttp's low-level Server.
-Listener = web.Application | web.Server
 REPORT_INTERVAL = 60.0
 
 
 def outbox_path(config: Config) -> Path:
     return Path(config.state_dir) / OUTBOX_FILE
-
-
-class Site:
-    """One aiohttp listener that can be re-bound to a new address on reload."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.runner: web.BaseRunner | None = None
-        self.address = ""
-
-    async def bind(self, make_app: Callable[[], Listener], address: str) -> None:
-        """Bind the new listener before closing the old one, so a bad address changes nothing.
-        On the same port that cannot be done: there the old one closes first, and comes back
-        if the new one fails."""
-        host, port = parse_listen(address)
-        old, old_address = self.runner, self.address
-        same_port = old is not None and parse_listen(old_address)[1] == port
-        if same_port and old is not None:
-            await old.cleanup()
-            self.runner = None
-        try:
-            self.runner = await _serve(make_app(), host, port)
-        except OSError:
-            if same_port:
-                old_host, old_port = parse_listen(old_address)
-                self.runner = await _serve(make_app(), old_host, old_port)
-            raise
-        self.address = address
-        if old is not None and not same_port:
-            await old.cleanup()
-        log.info("listening", listener=self.name, address=address)
-
-    async def close(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-            self.runner = None
 
 
 class Daemon:
@@ -90,8 +53,8 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.last_reload: dict[str, Any] = {"at": None, "ok": True, "error": None}
         self._signals: asyncio.Queue[str] = asyncio.Queue()
-        self._webhook_site = Site("webhooks")
-        self._health_site = Site("health")
+        self._webhook_site = Site("webhooks", "http.webhook_listen")
+        self._health_site = Site("health", "http.health_listen")
         self._outbox: Outbox | None = None
         self._sender: Sender | None = None
         self._listener: WebhookListener | None = None
@@ -146,6 +109,8 @@ class Daemon:
             sources_stop = asyncio.Event()
             await self._health_site.bind(self._health_app, config.http.health_listen)
             try:
+                # Bound before the task groups, so a StartupError reaches the CLI as itself.
+                await self._webhook_site.bind(self._webhook_app, config.http.webhook_listen)
                 async with asyncio.TaskGroup() as sinks:
                     sinks.create_task(sender.run(sinks_stop), name="sender")
                     sinks.create_task(
@@ -154,9 +119,6 @@ class Daemon:
                     sinks.create_task(self._report(sinks_stop), name="report")
                     try:
                         async with asyncio.TaskGroup() as sources:
-                            await self._webhook_site.bind(
-                                self._webhook_app, config.http.webhook_listen
-                            )
                             sources.create_task(pollers.run(config, sources_stop), name="pollers")
                             # READY=1 promises what /readyz checks, the senders included.
                             await sender.started.wait()
@@ -175,6 +137,7 @@ class Daemon:
                     finally:
                         sinks_stop.set()
             finally:
+                await self._webhook_site.close()
                 await self._health_site.close()
                 self._outbox = None
         counts = outbox.stats()
@@ -242,9 +205,9 @@ class Daemon:
                 moved.append((self._webhook_site, self._webhook_app, old.http.webhook_listen))
             if new.http.health_listen != old.http.health_listen:
                 await self._health_site.bind(self._health_app, new.http.health_listen)
-        except OSError:
+        except StartupError:
             for site, make_app, address in moved:
-                with contextlib.suppress(OSError):
+                with contextlib.suppress(StartupError):
                     await site.bind(make_app, address)
             raise
         for key, changed in (
@@ -359,21 +322,6 @@ class Daemon:
             },
             "deliveries": self._sender.stats() if self._sender else {},
         }
-
-
-async def _serve(app: Listener, host: str, port: int) -> web.BaseRunner:
-    runner: web.BaseRunner
-    if isinstance(app, web.Server):
-        runner = web.ServerRunner(app, handle_signals=False)
-    else:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
-    except OSError:
-        await runner.cleanup()
-        raise
-    return runner
 
 
 def _client_session() -> aiohttp.ClientSession:
