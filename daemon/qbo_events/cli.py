@@ -85,9 +85,18 @@ def _parser() -> argparse.ArgumentParser:
         "authorize", "exchange an OAuth authorization code for tokens and store them", _authorize
     )
     with_config(authorize)
-    authorize.add_argument("--instance", required=True)
-    authorize.add_argument("--code", required=True, help="the authorization code")
-    authorize.add_argument("--redirect-uri", required=True)
+    authorize.add_argument("--instance", required=True, help="the instance to store tokens for")
+    authorize.add_argument(
+        "--code", required=True, help="the authorization code (the redirect's code)"
+    )
+    authorize.add_argument(
+        "--redirect-uri", required=True, help="the redirect URI the consent request named"
+    )
+    authorize.add_argument(
+        "--realm-id",
+        help="the redirect's realmId: refused before the code is used unless it is the "
+        "instance's realm_id",
+    )
 
     sandbox.add_arguments(
         command("sandbox", "serve the simulated QuickBooks Online API", sandbox.run_command)
@@ -171,32 +180,44 @@ def _deliveries_retry(args: argparse.Namespace) -> int:
 
 
 def _authorize(args: argparse.Namespace) -> int:
-    import aiohttp
-
     from qbo_events.app import outbox_path
     from qbo_events.outbox import Outbox
-    from qbo_events.quickbooks.oauth import exchange_code, token_url_for
+    from qbo_events.quickbooks.authorize import authorize
 
     config, _ = _load(args)
-    if config.instance(args.instance) is None:
+    instance = config.instance(args.instance)
+    if instance is None:
         print(f"qbo-events: no instance named {args.instance!r} in the config", file=sys.stderr)
         return EXIT_USAGE
-    qb = config.quickbooks
+    if args.realm_id is not None and args.realm_id != instance.realm_id:
+        print(
+            f"qbo-events: the authorization is for realm {args.realm_id}, but instance "
+            f"{instance.name} serves realm {instance.realm_id}; the code was not used. Sign in "
+            f"to the company with realm ID {instance.realm_id}, or authorize the instance that "
+            f"serves realm {args.realm_id}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
 
-    async def exchange() -> None:
-        async with aiohttp.ClientSession() as http:
-            tokens = await exchange_code(
-                http,
-                token_url=token_url_for(qb.token_url),
-                client_id=qb.client_id,
-                client_secret=qb.client_secret,
-                code=args.code,
-                redirect_uri=args.redirect_uri,
-            )
+    async def exchange() -> str:
+        done = await authorize(
+            config,
+            instance,
+            code=args.code,
+            redirect_uri=args.redirect_uri,
+            realm_given=args.realm_id is not None,
+        )
         async with Outbox(outbox_path(config)) as outbox:
-            await outbox.save_tokens(args.instance, tokens)
+            await outbox.save_tokens(instance.name, done.tokens)
+        return done.unconfirmed
 
-    asyncio.run(exchange())
+    unconfirmed = asyncio.run(exchange())
+    if unconfirmed:
+        print(
+            f"qbo-events: QuickBooks could not confirm the realm ({unconfirmed}); "
+            "stored on the strength of --realm-id",
+            file=sys.stderr,
+        )
     print(
         f"stored new tokens for {args.instance}; "
         "`systemctl reload qbo-events` makes a running daemon use them"
