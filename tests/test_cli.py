@@ -204,29 +204,56 @@ def test_the_example_config_in_the_repository_passes_check(tmp_path: Path) -> No
 
 # --help and usage errors
 
+COMMANDS = [
+    [],
+    ["run"],
+    ["check"],
+    ["status"],
+    ["deliveries"],
+    ["deliveries", "list"],
+    ["deliveries", "retry"],
+    ["sandbox"],
+    ["demo"],
+    ["authorize"],
+]
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        [],
-        ["run"],
-        ["check"],
-        ["status"],
-        ["deliveries"],
-        ["deliveries", "list"],
-        ["deliveries", "retry"],
-        ["sandbox"],
-        ["demo"],
-        ["authorize"],
-    ],
-    ids=lambda c: " ".join(c) or "top",
-)
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
 def test_help_on_each_command_exits_0(command: list[str]) -> None:
     result = cli(*command, "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: qbo-events{''.join(' ' + c for c in command)}")
     if command in (["run"], ["check"], ["status"], ["authorize"]):
         assert "--config" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "top")
+def test_every_option_of_every_command_says_what_it_does(command: list[str]) -> None:
+    result = cli(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    undescribed = [option for option, text in _options(result.stdout) if not _describes(text)]
+    assert undescribed == [], f"options without help text: {undescribed}"
+
+
+def _options(help_text: str) -> list[tuple[str, str]]:
+    """(invocation, description) of each entry under `options:` in argparse's --help."""
+    section = help_text.partition("\noptions:\n")[2].split("\n\n")[0]
+    entries: list[tuple[str, str]] = []
+    for line in section.splitlines():
+        if re.match(r"^  -", line):
+            # The description follows the invocation after two or more spaces, or on the next line.
+            invocation, _, text = line.strip().partition("  ")
+            entries.append((invocation, text.strip()))
+        elif entries:
+            invocation, text = entries[-1]
+            entries[-1] = (invocation, f"{text} {line.strip()}".strip())
+    assert entries, help_text
+    return entries
+
+
+def _describes(text: str) -> bool:
+    # A bare "(default X)" names a value, not what the option does.
+    return bool(re.sub(r"\(default[^)]*\)", "", text).strip())
 
 
 @pytest.mark.parametrize(

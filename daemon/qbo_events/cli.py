@@ -67,13 +67,15 @@ def _parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", help="list pending or dead-lettered deliveries")
     listing.set_defaults(handler=_deliveries_list)
     with_config(listing)
-    listing.add_argument("--instance")
+    listing.add_argument("--instance", help="only this instance's deliveries")
     listing.add_argument("--dead", action="store_true", help="dead-lettered only")
-    listing.add_argument("--limit", type=int, default=100)
+    listing.add_argument(
+        "--limit", type=int, default=100, help="list at most this many (default %(default)s)"
+    )
     again = actions.add_parser("retry", help="re-queue dead-lettered deliveries")
     again.set_defaults(handler=_deliveries_retry)
     with_config(again)
-    again.add_argument("--instance")
+    again.add_argument("--instance", help="only this instance's dead-lettered deliveries")
     again.add_argument("--event", help="one event id")
 
     from qbo_events import demo, sandbox

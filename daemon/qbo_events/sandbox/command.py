@@ -27,8 +27,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ID",
         help=f"a company to simulate; repeat for several (default {d.realm_ids[0]})",
     )
-    add("--client-id", default=d.client_id, help="(default %(default)s)")
-    add("--client-secret", default=d.client_secret, help="(default %(default)s)")
+    add(
+        "--client-id",
+        default=d.client_id,
+        help="the OAuth client id the token endpoint accepts (default %(default)s)",
+    )
+    add(
+        "--client-secret",
+        default=d.client_secret,
+        help="the OAuth client secret the token endpoint accepts (default %(default)s)",
+    )
     add(
         "--refresh-token",
         default=d.refresh_token,
@@ -50,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--webhook-format",
         choices=("legacy", "cloudevents"),
         default=d.webhook_format,
-        help="(default %(default)s)",
+        help="the webhook body QuickBooks sends (default %(default)s)",
     )
     add(
         "--seed",
