@@ -349,7 +349,39 @@ def test_status_exits_1_when_something_else_answers(tmp_path: Path, other_servic
     assert "Traceback" not in result.stderr
 
 
-def test_status_with_a_broken_config_exits_2(tmp_path: Path) -> None:
-    result = cli("status", "--config", str(write(tmp_path, BROKEN)))
+def test_status_with_a_broken_config_and_no_daemon_state_exits_2_in_one_line(
+    tmp_path: Path,
+) -> None:
+    path = write(tmp_path, BROKEN)
+    result = cli("status", "--config", str(path))
     assert result.returncode == 2
-    assert "config: typo: unknown key" in result.stderr
+    assert result.stdout == ""
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith(f"qbo-events: {path} does not load")
+    assert "qbo-events check" in message
+    assert "Traceback" not in result.stderr
+
+
+def test_status_falls_back_to_the_running_daemons_address_when_the_config_breaks(
+    daemon_factory: Factory,
+) -> None:
+    d = daemon_factory(instance_toml("acme-fallback", "616", "http://127.0.0.1:9/hook")).start()
+    # The operator breaks the file on disk; the daemon runs on with what it loaded.
+    text = d.config_path.read_text()
+    d.config_path.write_text(text + "\nhealth_listen = [\n")
+    result = cli("status", "--config", str(d.config_path))
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"^acme-fallback\s+-\s+webhook", result.stdout, re.M), result.stdout
+    assert f"{d.config_path} does not load" in result.stderr
+    assert f"127.0.0.1:{d.health_port}" in result.stderr
+    recorded = d.state_dir / "health_address"
+    assert recorded.read_text().strip() == f"127.0.0.1:{d.health_port}"
+    assert recorded.stat().st_mode & 0o777 == 0o600
+    # From another directory too: the state directory is found beside the config file.
+    d.config_path.write_text(text.replace(f'state_dir = "{d.state_dir}"', 'state_dir = "state"'))
+    d.config_path.write_text(d.config_path.read_text() + "typo = 1\n")
+    result = cli("status", "--config", str(d.config_path), cwd=d.tmp.parent)
+    assert result.returncode == 0, result.stderr
+    assert "acme-fallback" in result.stdout
+    assert d.stop() == 0

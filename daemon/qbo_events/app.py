@@ -20,7 +20,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from qbo_events import __version__, logs
+from qbo_events import __version__, health_address, logs
 from qbo_events import config as config_module
 from qbo_events.config import Config
 from qbo_events.errors import ConfigError, StartupError
@@ -108,6 +108,9 @@ class Daemon:
             sinks_stop = asyncio.Event()
             sources_stop = asyncio.Event()
             await self._health_site.bind(self._health_app, config.http.health_listen)
+            # For `qbo-events status` when the config file on disk no longer loads.
+            with contextlib.suppress(OSError):
+                health_address.write(config.state_dir, config.http.health_listen)
             try:
                 # Bound before the task groups, so a StartupError reaches the CLI as itself.
                 await self._webhook_site.bind(self._webhook_app, config.http.webhook_listen)
@@ -205,6 +208,8 @@ class Daemon:
                 moved.append((self._webhook_site, self._webhook_app, old.http.webhook_listen))
             if new.http.health_listen != old.http.health_listen:
                 await self._health_site.bind(self._health_app, new.http.health_listen)
+                with contextlib.suppress(OSError):
+                    health_address.write(old.state_dir, new.http.health_listen)
         except StartupError:
             for site, make_app, address in moved:
                 with contextlib.suppress(StartupError):

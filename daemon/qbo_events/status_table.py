@@ -14,7 +14,11 @@ from qbo_events.config import Config, parse_listen
 
 
 def status_url(config: Config) -> str:
-    host, port = parse_listen(config.http.health_listen)
+    return url_for(config.http.health_listen)
+
+
+def url_for(health_listen: str) -> str:
+    host, port = parse_listen(health_listen)
     if host in ("0.0.0.0", "::", ""):
         host = "127.0.0.1"
     if ":" in host:
@@ -23,7 +27,11 @@ def status_url(config: Config) -> str:
 
 
 def fetch_and_print(config: Config) -> int:
-    url = status_url(config)
+    return show(status_url(config))
+
+
+def show(url: str) -> int:
+    """Print the daemon's /status at `url` as tables; 1 when no daemon answers there."""
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             status = orjson.loads(response.read())

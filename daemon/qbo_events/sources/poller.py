@@ -18,6 +18,7 @@ from typing import Any, Final
 
 import structlog
 
+from qbo_events import qbtime
 from qbo_events.config import Instance
 from qbo_events.errors import (
     NeedsReauthorization,
@@ -29,7 +30,7 @@ from qbo_events.errors import (
 )
 from qbo_events.events import Change, Source
 from qbo_events.metrics import Metrics
-from qbo_events.normalize import PACIFIC, change_from_object
+from qbo_events.normalize import change_from_object
 from qbo_events.outbox import Cursor, Outbox
 from qbo_events.quickbooks.client import QuickBooksClient, format_changed_since
 from qbo_events.quickbooks.oauth import TokenManager
@@ -302,11 +303,9 @@ class ResourceLoop:
         if self._server_start is not None:
             return
         try:
-            stamp = dt.datetime.fromisoformat(str(answer.get("time")).replace("Z", "+00:00"))
+            stamp = qbtime.parse(answer.get("time"))
         except ValueError:
             return
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=PACIFIC)
         self._server_start = stamp.timestamp() - (time.monotonic() - asked)
 
     def _changes(self, objects: list[dict[str, Any]]) -> list[Change]:
@@ -322,12 +321,11 @@ class ResourceLoop:
 
 
 def _last_updated(obj: dict[str, Any]) -> dt.datetime:
-    text = str((obj.get("MetaData") or {}).get("LastUpdatedTime") or "")
+    meta = obj.get("MetaData")
     try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return qbtime.parse(meta.get("LastUpdatedTime") if isinstance(meta, dict) else None)
     except ValueError:
         return dt.datetime.min.replace(tzinfo=dt.UTC)
-    return moment if moment.tzinfo else moment.replace(tzinfo=PACIFIC)
 
 
 def _utc(moment: float) -> dt.datetime:
