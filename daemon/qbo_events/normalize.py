@@ -1,31 +1,20 @@
-"""Pure: QuickBooks webhook bodies and polled objects -> Change values, and their timestamps."""
+"""Pure: QuickBooks webhook bodies and polled objects -> Change values."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
-from decimal import ROUND_FLOOR, Decimal
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
 import orjson
 
+from . import qbtime
 from .errors import QboEventsError
 from .events import Change, EventType, Source
+from .qbtime import utc_second
 from .quickbooks.resources import canonical_entity
 
-# QuickBooks reads a time without an offset as Pacific time, and so do we.
-PACIFIC: Final = ZoneInfo("America/Los_Angeles")
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-_ISO: Final = re.compile(
-    r"(?P<year>\d{4})-(?P<month>\d{2})-(?P<day>\d{2})[Tt ](?P<hour>\d{2}):(?P<minute>\d{2})"
-    r"(?::(?P<second>\d{2})(?:[.,](?P<fraction>\d+))?)?"
-    r"(?P<offset>[Zz]|(?P<sign>[+-])(?P<off_hours>\d{2})(?::?(?P<off_minutes>\d{2}))?)?",
-    re.ASCII,
-)
-_EPOCH_MS: Final = re.compile(r"[+-]?\d+(?:\.\d+)?", re.ASCII)
+__all__ = ["WebhookPayloadError", "change_from_object", "parse_webhook", "utc_second"]
 
 # operation word, lower-cased -> (QuickBooks' own spelling, event type)
 _OPERATIONS: Final = {
@@ -54,68 +43,6 @@ _ENTITY_NAME: Final = re.compile(r"[A-Za-z][A-Za-z0-9_]*", re.ASCII)
 
 class WebhookPayloadError(QboEventsError, ValueError):
     """A correctly signed webhook body that is not a notification we understand; quarantine it."""
-
-
-def _instant(value: str | int | float) -> datetime:
-    """The exact instant of a QuickBooks timestamp, aware, to the microsecond."""
-    if isinstance(value, bool):
-        raise ValueError(f"not a timestamp: {value!r}")
-    if isinstance(value, int | float):
-        return _from_epoch_ms(Decimal(value), value)
-    if not isinstance(value, str):
-        raise ValueError(f"not a timestamp: {value!r}")
-    text = value.strip()
-    if _EPOCH_MS.fullmatch(text):
-        return _from_epoch_ms(Decimal(text), value)
-    match = _ISO.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not an ISO-8601 date-time or epoch milliseconds: {value[:64]!r}")
-    fraction = (match["fraction"] or "")[:6].ljust(6, "0")
-    if match["offset"] is None:
-        tz: timezone | ZoneInfo = PACIFIC
-    elif match["sign"] is None:
-        tz = UTC
-    else:
-        minutes = int(match["off_hours"]) * 60 + int(match["off_minutes"] or 0)
-        if minutes >= 24 * 60 or int(match["off_minutes"] or 0) >= 60:
-            raise ValueError(f"offset out of range: {value[:64]!r}")
-        tz = timezone(timedelta(minutes=-minutes if match["sign"] == "-" else minutes))
-    return datetime(
-        int(match["year"]),
-        int(match["month"]),
-        int(match["day"]),
-        int(match["hour"]),
-        int(match["minute"]),
-        int(match["second"] or 0),
-        int(fraction),
-        tzinfo=tz,
-    )
-
-
-def _from_epoch_ms(ms: Decimal, original: object) -> datetime:
-    if not ms.is_finite():
-        raise ValueError(f"not a timestamp: {original!r}")
-    micros = int((ms * 1000).to_integral_value(rounding=ROUND_FLOOR))
-    try:
-        return _EPOCH + timedelta(microseconds=micros)
-    except OverflowError:
-        raise ValueError(f"epoch milliseconds out of range: {original!r}") from None
-
-
-def utc_second(value: str | int | float) -> str:
-    """`2025-10-07T12:59:07.0343-07:00`, a bare Pacific time or epoch ms -> `2025-10-07T19:59:07Z`.
-
-    Truncated, not rounded, so that `.999` stays in its second as QuickBooks' own second does.
-    Raises ValueError for anything else.
-    """
-    try:
-        utc = _instant(value).astimezone(UTC)
-    except OverflowError:
-        raise ValueError(f"timestamp out of range: {value!r}") from None
-    return (
-        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}"
-        f"T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}Z"
-    )
 
 
 def parse_webhook(body: bytes) -> list[Change]:
@@ -247,7 +174,7 @@ def change_from_object(realm_id: str, entity: str, obj: dict[str, Any]) -> Chang
         event_type = EventType.DELETED
     else:
         created = meta.get("CreateTime") if isinstance(meta, dict) else None
-        same = created is not None and _instant(created) == _instant(updated)
+        same = created is not None and qbtime.parse(created) == qbtime.parse(updated)
         event_type = EventType.CREATED if same else EventType.UPDATED
     return Change(
         realm_id=realm_id,
