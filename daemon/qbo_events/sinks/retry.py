@@ -11,6 +11,9 @@ from email.utils import parsedate_to_datetime
 from typing import Final
 
 JITTER: Final = 0.2
+# The longest wait a Retry-After may ask for: a header saying "a year" (or 10^20 s) must not
+# park an endpoint or a realm for ever. A day is past any schedule step and any real throttle.
+MAX_RETRY_AFTER: Final = 86400.0
 _DELTA_SECONDS: Final = re.compile(r"\d+(?:\.\d+)?", re.ASCII)
 
 
@@ -39,18 +42,20 @@ def next_delay(
 def parse_retry_after(value: str | None, now: float) -> float | None:
     """`Retry-After` as seconds from `now` (unix time): delta-seconds or an HTTP-date.
 
-    None when absent or unreadable; a date in the past is 0.
+    None when absent or unreadable; a date in the past is 0; anything past MAX_RETRY_AFTER
+    is MAX_RETRY_AFTER.
     """
     if value is None:
         return None
     text = value.strip()
     if _DELTA_SECONDS.fullmatch(text):
         seconds = float(text)
-        return seconds if math.isfinite(seconds) else None
+        return min(seconds, MAX_RETRY_AFTER) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    # OverflowError: a year, hour or zone too long for the C datetime the parser builds.
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # "-0000" or an obsolete zone: HTTP-dates are GMT
         when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now, 0.0)
+    return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)
