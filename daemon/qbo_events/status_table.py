@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import sys
+import textwrap
 import urllib.error
 import urllib.request
+from collections.abc import Iterable
 from typing import Any
 
 import orjson
@@ -58,29 +60,7 @@ def render(status: dict[str, Any]) -> str:
         result = "ok" if reload.get("ok") else f"REJECTED: {'; '.join(reload.get('error') or [])}"
         lines.append(f"last reload {reload['at']}: {result}")
     lines.append("")
-    lines.append(
-        f"{'INSTANCE':<16} {'RESOURCE':<18} {'STATE':<12} {'LAST SUCCESS':<21} {'LAG':>8}"
-        "  EVENTS  ERROR"
-    )
-    now = dt.datetime.now(dt.UTC)
-    for name, inst in (status.get("instances") or {}).items():
-        resources = inst.get("resources") or {}
-        note = inst.get("state") or inst.get("vendor_type", "")
-        if not resources:
-            lines.append(f"{name:<16} {'-':<18} {note:<12}")
-        for resource, loop in resources.items():
-            success = loop.get("last_success_at") or "-"
-            lag = "-"
-            if loop.get("cursor"):
-                try:
-                    cursor = dt.datetime.fromisoformat(loop["cursor"].replace("Z", "+00:00"))
-                    lag = f"{(now - cursor).total_seconds():.0f} s"
-                except ValueError:
-                    pass
-            lines.append(
-                f"{name:<16} {resource:<18} {loop.get('state', '?'):<12} {success:<21} "
-                f"{lag:>8}  {loop.get('events', 0):>6}  {loop.get('last_error') or ''}"
-            )
+    lines += _loops_table(status.get("instances") or {})
     outbox = status.get("outbox") or {}
     deliveries = status.get("deliveries") or {}
     lines += [
@@ -98,3 +78,68 @@ def render(status: dict[str, Any]) -> str:
         + (", ".join(f"{k} {v}" for k, v in (status.get("webhooks") or {}).items()) or "none"),
     ]
     return "\n".join(lines)
+
+
+# Wider names are cut (with an ellipsis) so rows stay readable; the error wraps instead, since
+# its end is often the part that says what to do.
+NAME_MAX = 32
+RESOURCE_MAX = 24
+STATE_MAX = 16
+ERROR_WIDTH = 60
+
+
+def _loops_table(instances: dict[str, Any]) -> list[str]:
+    """One row per (instance, resource) loop, columns sized to their longest value."""
+    now = dt.datetime.now(dt.UTC)
+    rows: list[tuple[str, str, str, str, str, str, str]] = []
+    for name, inst in instances.items():
+        resources = inst.get("resources") or {}
+        if not resources:
+            note = str(inst.get("state") or inst.get("vendor_type", ""))
+            rows.append((name, "-", note, "", "", "", ""))
+        for resource, loop in resources.items():
+            lag = "-"
+            if loop.get("cursor"):
+                try:
+                    cursor = dt.datetime.fromisoformat(loop["cursor"].replace("Z", "+00:00"))
+                    lag = f"{(now - cursor).total_seconds():.0f} s"
+                except ValueError:
+                    pass
+            rows.append(
+                (
+                    name,
+                    resource,
+                    str(loop.get("state", "?")),
+                    str(loop.get("last_success_at") or "-"),
+                    lag,
+                    str(loop.get("events", 0)),
+                    str(loop.get("last_error") or ""),
+                )
+            )
+    name_w = _width("INSTANCE", (r[0] for r in rows), NAME_MAX)
+    resource_w = _width("RESOURCE", (r[1] for r in rows), RESOURCE_MAX)
+    state_w = _width("STATE", (r[2] for r in rows), STATE_MAX)
+
+    def line(cells: tuple[str, ...]) -> str:
+        name, resource, state, success, lag, events, error = cells
+        return (
+            f"{_cut(name, name_w):<{name_w}} {_cut(resource, resource_w):<{resource_w}} "
+            f"{_cut(state, state_w):<{state_w}} {success:<21} {lag:>8}  {events:>6}  {error}"
+        ).rstrip()
+
+    header = line(("INSTANCE", "RESOURCE", "STATE", "LAST SUCCESS", "LAG", "EVENTS", "ERROR"))
+    lines = [header]
+    indent = " " * header.index("ERROR")
+    for row in rows:
+        first, *more = textwrap.wrap(row[6], ERROR_WIDTH) or [""]
+        lines.append(line((*row[:6], first)))
+        lines += [indent + part for part in more]
+    return lines
+
+
+def _width(heading: str, values: Iterable[str], cap: int) -> int:
+    return min(cap, max([len(heading), *map(len, values)]))
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
