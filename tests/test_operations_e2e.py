@@ -679,3 +679,24 @@ def test_no_secret_reaches_stderr_status_metrics_or_systemd(
         for secret in secrets:
             assert secret not in text, f"a secret ({secret[:6]}...) in {where}"
         assert not ACCESS_TOKEN_SHAPE.search(text), f"an access token in {where}"
+
+
+def test_a_restart_only_key_put_back_to_its_running_value_is_not_warned_about(
+    daemon_factory: Factory, receiver: Receiver, tmp_path: Path
+) -> None:
+    d = daemon_factory(instance_toml("acme", "5101", receiver.url)).start()
+    running = d.state_dir
+
+    def reload_with(state_dir: Path) -> None:
+        d.state_dir = state_dir
+        d.write_config(instance_toml("acme", "5101", receiver.url))
+        before = d.stderr().count('"reloaded"')
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.stderr().count('"reloaded"') > before, what="the reload")
+
+    reload_with(tmp_path / "elsewhere")
+    assert d.stderr().count("takes effect at the next restart") == 1
+    reload_with(running)  # back to what the daemon runs with: nothing is pending
+    reload_with(running)
+    assert d.stderr().count("takes effect at the next restart") == 1
+    assert d.stop() == 0

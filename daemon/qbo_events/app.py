@@ -20,7 +20,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from qbo_events import __version__, health_address, logs
+from qbo_events import __version__, health, health_address, logs
 from qbo_events import config as config_module
 from qbo_events.config import Config
 from qbo_events.errors import ConfigError, StartupError
@@ -47,6 +47,8 @@ def outbox_path(config: Config) -> Path:
 class Daemon:
     def __init__(self, config: Config, config_path: Path) -> None:
         self.config = config
+        # What restart-only keys (state_dir, durability) run with, whatever reloads came since.
+        self._started_with = config
         self.config_path = config_path
         self.started_at = time.time()
         self.metrics = Metrics()
@@ -216,8 +218,11 @@ class Daemon:
                     await site.bind(make_app, address)
             raise
         for key, changed in (
-            ("state_dir", new.state_dir != old.state_dir),
-            ("outbox.durability", new.outbox.durability != old.outbox.durability),
+            ("state_dir", new.state_dir != self._started_with.state_dir),
+            (
+                "outbox.durability",
+                new.outbox.durability != self._started_with.outbox.durability,
+            ),
         ):
             if changed:
                 log.warning("takes effect at the next restart", key=key)
@@ -249,6 +254,7 @@ class Daemon:
         return health_app(
             metrics=self.metrics,
             readiness=self.readiness,
+            degraded=self.degraded,
             status=self.status,
             refresh_metrics=self._refresh_metrics,
         )
@@ -264,7 +270,28 @@ class Daemon:
             reasons.append("webhook listener not bound")
         if self._sender is None or not self._sender.running:
             reasons.append("senders not running")
+        instances = self._instances_readiness()
+        if not instances.ready:
+            reasons += instances.problems
         return reasons
+
+    def degraded(self) -> list[str]:
+        """The instances that cannot do all of their job while the daemon is ready."""
+        instances = self._instances_readiness()
+        return instances.problems if instances.ready else []
+
+    def _instances_readiness(self) -> health.Readiness:
+        refused = self._pollers.reauthorization_flags() if self._pollers else {}
+        return health.instances_readiness(
+            health.InstanceState(
+                name=inst.name,
+                polls=inst.polls,
+                takes_webhooks=inst.takes_webhooks,
+                needs_reauthorization=refused.get(inst.name, False),
+            )
+            for inst in self.config.instances
+            if inst.event.notification.enabled
+        )
 
     async def _refresh_metrics(self) -> None:
         if self._outbox is not None:

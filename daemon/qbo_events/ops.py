@@ -17,10 +17,12 @@ def health_app(
     *,
     metrics: Metrics,
     readiness: Callable[[], list[str]],
+    degraded: Callable[[], list[str]],
     status: Callable[[], Awaitable[dict[str, Any]]],
     refresh_metrics: Callable[[], Awaitable[None]],
 ) -> web.Application:
-    """`readiness` returns the reasons the daemon is not ready (none = ready)."""
+    """`readiness` returns the reasons the daemon is not ready (none = ready); `degraded`, what
+    does not work while it is ready (an instance that needs re-authorization beside others)."""
 
     async def healthz(_: web.Request) -> web.Response:
         # Answering at all proves the event loop is turning.
@@ -30,7 +32,8 @@ def health_app(
         reasons = readiness()
         if reasons:
             return _json({"status": "not ready", "reasons": reasons}, status=503)
-        return _json({"status": "ready"})
+        problems = degraded()
+        return _json({"status": "ready", "degraded": problems} if problems else {"status": "ready"})
 
     async def status_view(_: web.Request) -> web.Response:
         return _json(await status())

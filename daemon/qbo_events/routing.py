@@ -14,6 +14,8 @@ class Routes:
 
     def __init__(self, config: Config) -> None:
         self._by_realm: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
+        # Realms an instance polls: QuickBooks may send their webhooks too, but they are known.
+        self._polled = frozenset(i.realm_id for i in config.instances if i.polls)
         for inst in config.instances:
             # An instance with notifications off gets nothing: its events could never leave.
             if not inst.takes_webhooks or not inst.event.notification.enabled:
@@ -24,6 +26,10 @@ class Routes:
 
     def serves(self, realm_id: str) -> bool:
         return realm_id in self._by_realm
+
+    def polled_only(self, realm_id: str) -> bool:
+        """Served here, but by polling alone: its webhooks are dropped on purpose."""
+        return realm_id in self._polled and realm_id not in self._by_realm
 
     def events(self, changes: Iterable[Change]) -> tuple[list[Event], int]:
         """The events of these changes, and how many changes had no realm served here."""

@@ -79,6 +79,7 @@ class ResourceLoop:
         outbox: Outbox,
         metrics: Metrics,
         on_accepted: Callable[[str], None],
+        on_paused: Callable[[str], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.instance = instance
@@ -88,6 +89,8 @@ class ResourceLoop:
         self._outbox = outbox
         self._metrics = metrics
         self._on_accepted = on_accepted
+        # Told when a refused token pauses this loop: the instance's owner logs it once.
+        self._on_paused = on_paused
         self._clock = clock
         self.stopped = False
         self._server_start: float | None = None
@@ -99,6 +102,8 @@ class ResourceLoop:
         self.last_error: str | None = None
         self.events = 0
         self.polls = 0
+        # time.monotonic() when the poll under way began or last got an answer (the watchdog's).
+        self.progress_at = 0.0
         self.log = log.bind(instance=instance.name, resource=resource.name)
         # Labelled by resource only: one series per (instance, resource) would be 22,000 of
         # them at a thousand instances, and every scrape would have to render them all.
@@ -147,7 +152,7 @@ class ResourceLoop:
                 except NeedsReauthorization:
                     self.state = LoopState.REAUTH
                     self.last_error = "refresh token refused (invalid_grant): authorize again"
-                    self.log.error("polling paused: needs re-authorization")
+                    self._on_paused(self.instance.name)
                     pause = math.inf  # until a reload (after `qbo-events authorize`) wakes it
                 except (OutboxFull, OutboxClosed) as exc:
                     # Backpressure: nothing advanced; try again soon.
@@ -198,6 +203,7 @@ class ResourceLoop:
     async def poll_once(self) -> int:
         """One poll; returns how many new events it stored."""
         self.state = LoopState.POLLING
+        self.progress_at = time.monotonic()
         now = self._clock()
         self.last_poll_at = _iso(now)
         cursor = await self._cursor(now)
@@ -256,6 +262,7 @@ class ResourceLoop:
         entity = self.resource.entity
         asked = time.monotonic()
         answer = await self.client.cdc(self.instance.realm_id, self.tokens, [entity], since)
+        self.progress_at = time.monotonic()
         self._note_server_time(answer, asked)
         objects: list[dict[str, Any]] = []
         for element in answer.get("CDCResponse") or ():
@@ -286,6 +293,7 @@ class ResourceLoop:
             )
             asked = time.monotonic()
             answer = await self.client.query(self.instance.realm_id, self.tokens, statement)
+            self.progress_at = time.monotonic()
             self._note_server_time(answer, asked)
             page = (answer.get("QueryResponse") or {}).get(entity) or []
             objects += page

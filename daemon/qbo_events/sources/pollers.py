@@ -12,13 +12,14 @@ from typing import Any
 import aiohttp
 import structlog
 
+from qbo_events import health
 from qbo_events.config import Config, Instance
 from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox
 from qbo_events.quickbooks.client import QuickBooksClient
 from qbo_events.quickbooks.oauth import TokenManager, api_base_for, token_url_for
 from qbo_events.quickbooks.resources import BY_NAME
-from qbo_events.sources.poller import ResourceLoop
+from qbo_events.sources.poller import LoopState, ResourceLoop
 
 log = structlog.get_logger("qbo_events.pollers")
 
@@ -49,6 +50,7 @@ class Pollers:
         self._client_key: tuple[Any, ...] = ()
         self._tokens: dict[str, TokenManager] = {}
         self._token_key: dict[str, tuple[Any, ...]] = {}
+        self._paused: set[str] = set()  # instances whose refusal has been logged
         self._loops: dict[tuple[str, str], ResourceLoop] = {}
         self._group: asyncio.TaskGroup | None = None
         self._running = 0
@@ -134,6 +136,7 @@ class Pollers:
                 outbox=self._outbox,
                 metrics=self._metrics,
                 on_accepted=self._on_accepted,
+                on_paused=self._log_paused,
             )
             self._loops[key] = loop
             # Spread the first polls over the first interval, in a stable order.
@@ -161,6 +164,7 @@ class Pollers:
         if unchanged and current is not None and not current.needs_reauthorization:
             current.forget()
             return
+        self._paused.discard(inst.name)
         self._tokens[inst.name] = TokenManager(
             instance=inst.name,
             http=self._http,
@@ -171,6 +175,30 @@ class Pollers:
             initial_refresh_token=inst.refresh_token,
         )
         self._token_key[inst.name] = key
+
+    def _log_paused(self, instance: str) -> None:
+        """Once per instance (until a reload brings a new token), not once per resource."""
+        if instance not in self._paused:
+            self._paused.add(instance)
+            resources = sum(1 for inst, _ in self._loops if inst == instance)
+            log.error(
+                "polling paused: needs re-authorization",
+                instance=instance,
+                resources=resources,
+                hint="run `qbo-events authorize`, then reload",
+            )
+
+    def progress(self, now: float) -> list[health.PollProgress]:
+        """The polls under way, for the watchdog; `now` is time.monotonic()."""
+        return [
+            health.PollProgress(
+                name=f"{inst}/{res}",
+                silent_for=now - loop.progress_at,
+                deadline=health.poll_deadline(loop.instance.event.poller.interval_seconds),
+            )
+            for (inst, res), loop in self._loops.items()
+            if loop.state == LoopState.POLLING
+        ]
 
     def instance_stats(self, name: str) -> dict[str, Any]:
         tokens = self._tokens.get(name)

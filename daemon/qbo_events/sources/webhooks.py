@@ -90,10 +90,7 @@ class WebhookListener:
             return await self._quarantine(body, str(exc))
         events, unknown = self.routes.events(changes)
         if unknown:
-            self.counts["unknown_realm_entities"] += unknown
-            self._metrics.webhook_unknown_realm.inc(unknown)
-            realms = sorted({c.realm_id for c in changes if not self.routes.serves(c.realm_id)})
-            log.info("webhook entities for realms no instance serves", count=unknown, realms=realms)
+            self._unrouted([c.realm_id for c in changes if not self.routes.serves(c.realm_id)])
         try:
             new = await self._outbox.accept(events)
         except OutboxError as exc:
@@ -105,6 +102,22 @@ class WebhookListener:
         if new:
             self._on_accepted({e.instance for e in events})
         return web.Response(body=_OK, content_type="application/json")
+
+    def _unrouted(self, realms: list[str]) -> None:
+        """Entities no webhook-taking instance wants, one realm id each. Those of realms that
+        are only polled are expected (QuickBooks sends them if the app subscribes; polling
+        reads the same changes), so they are counted apart and not logged."""
+        unknown = [r for r in realms if not self.routes.polled_only(r)]
+        if len(unknown) < len(realms):
+            self.counts["polled_realm_entities"] += len(realms) - len(unknown)
+        if unknown:
+            self.counts["unknown_realm_entities"] += len(unknown)
+            self._metrics.webhook_unknown_realm.inc(len(unknown))
+            log.info(
+                "webhook entities for realms no instance serves",
+                count=len(unknown),
+                realms=sorted(set(unknown)),
+            )
 
     async def _read(self, request: web.BaseRequest) -> bytes | None:
         """The body, or None past `max_body_bytes` (checked before and while reading it)."""
