@@ -128,7 +128,7 @@ def test_check_reports_cross_field_errors_of_a_well_formed_file(tmp_path: Path) 
 
 
 def test_check_a_good_config_exits_0_with_a_summary(tmp_path: Path) -> None:
-    path = write(tmp_path, GOOD)
+    path = write(tmp_path, GOOD.replace('refresh_interval = "0.5"', 'refresh_interval = "1.5"'))
     result = cli("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
@@ -138,16 +138,61 @@ def test_check_a_good_config_exits_0_with_a_summary(tmp_path: Path) -> None:
     assert "open-connectors, 64 workers" in out
     assert re.search(r"instances\s+2\b", out)
     assert re.search(
-        r"acme: realm 111, hybrid, 2 resources every 30 s -> https://example.com/qbo"
+        r"acme: realm 111, hybrid, 2 resources every 90 s -> https://example.com/qbo"
         r" \(signed\)",
         out,
     )
+    # A webhook-only instance polls nothing: its resource filter, and no interval.
     assert re.search(
-        r"globex: realm 222, webhook, 22 resources .* -> https://globex.example/hook$", out, re.M
-    )
+        r"^    globex: realm 222, webhook, webhooks only, 22 resources -> https://globex.example/hook$",
+        out,
+        re.M,
+    ), out
     # A summary, not a dump: no secret reaches the terminal.
     for secret in ("client-secret-value", VERIFIER, "a-signature-key"):
         assert secret not in out
+
+
+def test_check_prints_warnings_apart_from_errors_and_exits_0(tmp_path: Path) -> None:
+    path = write(tmp_path, GOOD + "event.poller.refresh_interval = 0.01\n")
+    result = cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == f"{path}: ok"
+    warnings = result.stderr.splitlines()
+    assert warnings == [
+        "warning: instances[0].event.poller.refresh_interval: 0.5 minutes is shorter than"
+        " QuickBooks serves well (1 minute or more); most polls would find nothing, and"
+        " webhooks (vendor type hybrid) bring changes sooner",
+    ], result.stderr
+    # globex is webhook-only: its 0.01 minutes poll nothing, so they draw no warning.
+    path = write(tmp_path, GOOD.replace('"0.5"', '"0.05"').replace('"invoices|customers"', '""'))
+    result = cli("check", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["warning"] * 2
+    assert "realm 111 (acme): polling makes about 440 QuickBooks calls a minute" in result.stderr
+
+
+def test_the_daemon_logs_the_same_warnings_at_start(daemon_factory: Factory) -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    d = daemon_factory(
+        instance_toml(
+            "acme-fast",
+            "717",
+            "http://127.0.0.1:9/hook",
+            vendor="hybrid",
+            extra='event.poller.refresh_interval = 0.5\nevent.poller.urls = "bills"',
+        ),
+        settings=f'[quickbooks]\nclient_id = "c"\nclient_secret = "s"\n'
+        f'api_base_url = "{closed}"\ntoken_url = "{closed}/token"',
+    ).start(wait=False)
+
+    def warned() -> bool:
+        return "instances[0].event.poller.refresh_interval: 0.5 minutes" in d.stderr()
+
+    wait_for(warned, 30, "the start-up warning in the daemon's log")
+    line = next(line for line in d.stderr().splitlines() if "0.5 minutes" in line)
+    assert '"level":"warning"' in line.replace(" ", ""), line
+    assert d.stop() == 0
 
 
 def test_check_a_missing_config_file_exits_2_naming_it(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from qbo_events import config
+from qbo_events import config, poll_budget
 from qbo_events.config import Config
 from qbo_events.errors import ConfigError
 from qbo_events.quickbooks.resources import BY_NAME
@@ -19,6 +19,7 @@ DOCS_URLS = (
 )
 WEBHOOKS = '[quickbooks]\nwebhook_verifier_token = "verifier-token-value"\n'
 POLLING = '[quickbooks]\nclient_id = "the-client"\nclient_secret = "client-secret-value"\n'
+BOTH = POLLING + 'webhook_verifier_token = "verifier-token-value"\n'
 
 
 def instance(name: str = "acme", realm: str = "1", vendor: str = "webhook", extra: str = "") -> str:
@@ -787,3 +788,58 @@ def test_a_misspelt_section_key_gets_the_nearest_known_key() -> None:
     ]
     # Nothing near: no guess.
     assert problems("[delivery]\nzzz = 1\n") == ["delivery.zzz: unknown key"]
+
+
+# Warnings: polling faster than QuickBooks serves well (check prints them; the daemon logs them)
+
+
+def test_the_default_polling_draws_no_warning() -> None:
+    cfg = load(BOTH + instance(vendor="polling") + instance("b", "1", vendor="hybrid"))
+    assert poll_budget.warnings(cfg) == []
+
+
+def test_polling_more_often_than_once_a_minute_is_a_warning_not_an_error() -> None:
+    cfg = load(
+        BOTH
+        + instance(
+            vendor="polling",
+            extra='event.poller.refresh_interval = 0.5\nevent.poller.urls = "bills"',
+        )
+        + instance("b", "2", vendor="hybrid", extra="event.poller.refresh_interval = 1")
+        # A webhook-only instance never polls, whatever its interval says.
+        + instance("c", "3", vendor="webhook", extra="event.poller.refresh_interval = 0.01")
+    )
+    assert poll_budget.warnings(cfg) == [
+        "instances[0].event.poller.refresh_interval: 0.5 minutes is shorter than QuickBooks"
+        " serves well (1 minute or more); most polls would find nothing, and webhooks"
+        " (vendor type hybrid) bring changes sooner"
+    ]
+
+
+def test_instances_sharing_a_realm_share_its_request_budget() -> None:
+    limits = POLLING + "requests_per_minute = 60\n"
+    shared = load(
+        limits
+        + instance("a", "7", vendor="polling", extra="event.poller.refresh_interval = 1")
+        + instance("b", "7", vendor="polling", extra="event.poller.refresh_interval = 1")
+    )
+    assert poll_budget.warnings(shared) == [
+        "realm 7 (a, b): polling makes about 44 QuickBooks calls a minute, more than 30 (half of"
+        " quickbooks.requests_per_minute = 60); polls would queue behind the limit and fall"
+        " behind. Poll fewer resources (event.poller.urls) or less often"
+        " (event.poller.refresh_interval)"
+    ]
+    apart = load(
+        limits
+        + instance("a", "7", vendor="polling", extra="event.poller.refresh_interval = 1")
+        + instance("b", "8", vendor="polling", extra="event.poller.refresh_interval = 1")
+    )
+    assert poll_budget.warnings(apart) == []
+
+
+def test_a_fast_poll_of_every_resource_warns_twice() -> None:
+    cfg = load(POLLING + instance(vendor="polling", extra="event.poller.refresh_interval = 0.05"))
+    found = poll_budget.warnings(cfg)
+    assert len(found) == 2
+    assert found[0].startswith("instances[0].event.poller.refresh_interval: 0.05 minutes")
+    assert found[1].startswith("realm 1 (acme): polling makes about 440 QuickBooks calls a minute")

@@ -20,7 +20,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from qbo_events import __version__, health, health_address, logs
+from qbo_events import __version__, health, health_address, logs, poll_budget
 from qbo_events import config as config_module
 from qbo_events.config import Config
 from qbo_events.errors import ConfigError, StartupError
@@ -69,6 +69,8 @@ class Daemon:
         config = self.config
         logs.configure(config.log.level, config.log.format)
         logs.set_secrets(config.secrets())
+        for warning in poll_budget.warnings(config):
+            log.warning("config warning", problem=warning)
         loop = asyncio.get_running_loop()
         for signum, action in (
             (signal.SIGTERM, "stop"),
@@ -192,6 +194,8 @@ class Daemon:
             return False
         self.last_reload.update(at=_now_iso(), ok=True, error=None)
         log.info("reloaded", instances=len(new.instances))
+        for warning in poll_budget.warnings(new):
+            log.warning("config warning", problem=warning)
         self.notifier.ready()
         self.notifier.status(self._summary())
         return True

@@ -125,7 +125,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from qbo_events import poll_budget
+
     config, path = _load(args)
+    for warning in poll_budget.warnings(config):
+        # Apart from the errors (stdout stays the summary) and no reason to refuse the file.
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: ok")
     print(f"  state_dir   {config.state_dir}")
     print(f"  webhooks    {config.http.webhook_listen}{config.http.webhook_path}")
@@ -134,9 +139,14 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  instances   {len(config.instances)}")
     for inst in config.instances:
         poller = inst.event.poller
+        # A webhook-only instance polls nothing: its interval would mislead; its filter holds.
+        reads = (
+            f"{len(poller.resources)} resources every {poller.interval_seconds:g} s"
+            if inst.polls
+            else f"webhooks only, {len(poller.resources)} resources"
+        )
         print(
-            f"    {inst.name}: realm {inst.realm_id}, {inst.event.vendor.type}, "
-            f"{len(poller.resources)} resources every {poller.interval_seconds:g} s "
+            f"    {inst.name}: realm {inst.realm_id}, {inst.event.vendor.type}, {reads} "
             f"-> {inst.callback_url}"
             f"{' (signed)' if inst.signature_key else ''}"
         )

@@ -1,0 +1,49 @@
+"""Warnings for a valid config that polls faster than QuickBooks' request limits serve well."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from qbo_events.config import Config, Instance
+
+# Polling may take only this share of a realm's per-minute limit: the rest is for paging past
+# 1,000 rows, retries after a 401 or a 5xx, and whatever else calls the same company.
+HEADROOM: Final = 0.5
+# Below this, each poll mostly finds nothing; webhooks (or hybrid) hear of a change sooner.
+SHORTEST_SENSIBLE_MINUTES: Final = 1.0
+
+
+def calls_per_minute(instance: Instance) -> float:
+    """One CDC or Query call per resource per poll, the usual cost of a poll with little news."""
+    poller = instance.event.poller
+    return len(poller.resources) / (poller.interval_seconds / 60.0)
+
+
+def warnings(config: Config) -> list[str]:
+    """Each problem a line, keyed like the config errors; empty when polling is within limits."""
+    found: list[str] = []
+    by_realm: dict[str, list[Instance]] = {}
+    for index, inst in enumerate(config.instances):
+        if not inst.polls:
+            continue
+        by_realm.setdefault(inst.realm_id, []).append(inst)
+        minutes = inst.event.poller.interval_seconds / 60.0
+        if minutes < SHORTEST_SENSIBLE_MINUTES:
+            found.append(
+                f"instances[{index}].event.poller.refresh_interval: {minutes:g} minutes is "
+                "shorter than QuickBooks serves well (1 minute or more); most polls would find "
+                "nothing, and webhooks (vendor type hybrid) bring changes sooner"
+            )
+    limit = config.quickbooks.requests_per_minute
+    budget = limit * HEADROOM
+    for realm, instances in by_realm.items():
+        rate = sum(calls_per_minute(inst) for inst in instances)
+        if rate > budget:
+            names = ", ".join(inst.name for inst in instances)
+            found.append(
+                f"realm {realm} ({names}): polling makes about {rate:.0f} QuickBooks calls a "
+                f"minute, more than {budget:.0f} (half of quickbooks.requests_per_minute = "
+                f"{limit}); polls would queue behind the limit and fall behind. Poll fewer "
+                "resources (event.poller.urls) or less often (event.poller.refresh_interval)"
+            )
+    return found
