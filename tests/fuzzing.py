@@ -119,6 +119,8 @@ def _maybe_drop(fields: dict[str, Any], draw: st.DrawFn) -> dict[str, Any]:
 
 
 IDS = st.one_of(st.from_regex(r"[1-9][0-9]{0,6}", fullmatch=True), st.integers(1, 10**9))
+# The realms of the Intuit samples, which the listener tests' instances serve, and any other.
+REALMS = st.one_of(st.sampled_from(["310687", "4620816365"]), IDS)
 TIMES = st.one_of(qbo_times().map(lambda pair: pair[0]), st.integers(0, 2**45))
 
 
@@ -141,7 +143,7 @@ def legacy_bodies(draw: st.DrawFn) -> Any:
                 entity = _maybe_drop(entity, draw)
             entities.append(entity)
         notification = {
-            "realmId": draw(_mutated(IDS)),
+            "realmId": draw(_mutated(REALMS)),
             "dataChangeEvent": draw(_mutated(st.just({"entities": entities}))),
         }
         if draw(st.integers(0, 4)) == 0:
@@ -169,7 +171,7 @@ def cloudevent_bodies(draw: st.DrawFn) -> Any:
             "datacontenttype": "application/json",
             "time": draw(_mutated(TIMES)),
             "intuitentityid": draw(_mutated(IDS)),
-            "intuitaccountid": draw(_mutated(IDS)),
+            "intuitaccountid": draw(_mutated(REALMS)),
             "data": draw(_mutated(st.just(data))),
         }
         if draw(st.integers(0, 4)) == 0:
