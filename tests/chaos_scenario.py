@@ -1,0 +1,507 @@
+"""The chaos scenario: the daemon under mixed load, killed with SIGKILL at random and restarted.
+
+Shared by tests/test_chaos.py (sized for CI) and bench/chaos.py (longer runs). One seeded
+`random.Random` decides everything the run controls: the changes, the webhook posts, the
+receiver's moods, how long the daemon lives between kills, and the config changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.client
+import random
+import sqlite3
+import threading
+import time
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+from chaos_checks import (
+    Duplicates,
+    Post,
+    Spec,
+    Want,
+    duplicates,
+    invented,
+    kill_point_problems,
+    missing,
+    order_violations,
+    ordered_objects,
+    want,
+)
+from harness import (
+    DaemonProcess,
+    Receiver,
+    SandboxProcess,
+    instance_toml,
+    legacy_body,
+    post_webhook,
+    wait_for,
+)
+from qbo_events.sandbox import catalog
+
+REALM_1 = "9341453908128517"
+REALM_2 = "4620816366771202"
+OUTBOX = "outbox.sqlite3"
+TIMEOUT = 2.0  # delivery.timeout: a long hang outlasts it, a short one stays well inside it
+# Many short retries: a bad spell of the receiver lasts seconds, so nothing is dead-lettered.
+RETRY_SCHEDULE = [0.1, 0.2, 0.3] + [0.5] * 57
+POLLED = ("invoices", "customers")
+
+
+class MoodyReceiver(Receiver):
+    """A callback endpoint that answers 200 for a while, then fails, then hangs, at random.
+
+    Each 2xx is recorded with when its request began and whether it was answered after the
+    daemon's timeout (the daemon then counts it as failed and sends it again)."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.rng = random.Random(seed)  # used on the receiver's loop only
+        self.calm = False
+        self._mood = "ok"
+        self._mood_until = 0.0
+        self.answers: dict[str, int] = {}
+
+    def _next_mood(self, now: float) -> str:
+        if self.calm:
+            return "ok"
+        if now >= self._mood_until:
+            self._mood = self.rng.choices(["ok", "fail", "hang"], [6, 2, 2])[0]
+            span = {"ok": (0.5, 3.0), "fail": (0.2, 1.5), "hang": (0.3, 2.0)}[self._mood]
+            self._mood_until = now + self.rng.uniform(*span)
+        return self._mood
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        began = time.time()
+        body = await request.read()
+        event_id = request.headers.get("webhook-id", "")
+        mood = self._next_mood(began)
+        status, delay = 200, 0.0
+        if mood == "fail" or (mood == "ok" and self.rng.random() < 0.03):
+            status = self.rng.choice([500, 503])
+        elif mood == "hang":
+            if self.rng.random() < 0.5:
+                delay = self.rng.uniform(0.02, 0.3)
+            else:
+                status, delay = 503, TIMEOUT + 0.5
+        if delay:
+            await asyncio.sleep(delay)
+        with self._lock:
+            self.attempts[event_id] = self.attempts.get(event_id, 0) + 1
+            self.answers[str(status)] = self.answers.get(str(status), 0) + 1
+        if status == 200:
+            ok = self._verify(body, request.headers)
+            at = time.time()
+            transport = request.transport
+            message = orjson.loads(body)["message"]
+            event = message["events"][0]
+            with self._lock:
+                if not ok:
+                    self.bad_signatures += 1
+                self.deliveries.append(
+                    {
+                        "id": event_id,
+                        "began": began,
+                        "at": at,
+                        # The sender had gone (timed out, or was killed) before this 2xx.
+                        "late": at - began > TIMEOUT * 0.75
+                        or transport is None
+                        or transport.is_closing(),
+                        "instance": message["instanceId"],
+                        "key": (
+                            event["objectType"], event["objectId"], event["eventType"],
+                            event["date"],
+                        ),
+                        "body": {"message": message},
+                    }
+                )  # fmt: skip
+        return web.Response(status=status)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self.deliveries)
+
+
+class Changer(threading.Thread):
+    """Changes the sandbox's companies: the polled entities half the time, any entity else."""
+
+    def __init__(self, sandbox: SandboxProcess, seed: int, pause: float = 0.08) -> None:
+        super().__init__(daemon=True, name="chaos-changer")
+        self.sandbox = sandbox
+        self.rng = random.Random(seed)
+        self.pause = pause
+        self.halt = threading.Event()
+        self.made = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.halt.wait(self.rng.uniform(0.0, 2 * self.pause)):
+                realm = self.rng.choice([REALM_1, REALM_2])
+                entity = self.rng.choice(
+                    ["Invoice", "Customer"] if self.rng.random() < 0.5 else catalog.ENTITIES
+                )
+                operation = self.rng.choice(catalog.operations(entity))
+                try:
+                    self.made += len(self.sandbox.change(entity, operation, realm_id=realm))
+                except urllib.error.HTTPError:  # nothing left that can take it
+                    self.made += len(self.sandbox.change(entity, "Create", realm_id=realm))
+        except BaseException as exc:  # the main thread reports it
+            self.error = exc
+
+
+class Poster(threading.Thread):
+    """Posts signed legacy webhooks of its own, one at a time, and records every answer.
+
+    Its objects exist nowhere in the sandbox: realm 1's Estimates go to the webhook instance,
+    realm 2's Invoices to the hybrid one, and realm 2's Estimates to nobody (filtered out)."""
+
+    POOL = 12
+
+    def __init__(self, url: str, seed: int, pause: float = 0.08) -> None:
+        super().__init__(daemon=True, name="chaos-poster")
+        self.url = url
+        self.rng = random.Random(seed)
+        self.pause = pause
+        self.halt = threading.Event()
+        self.posts: list[Post] = []
+        self._lock = threading.Lock()
+        self._clock = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
+        self.error: BaseException | None = None
+
+    def _entity(self) -> tuple[str, str, tuple[str, str, str, str]]:
+        realm, name, base = self.rng.choice(
+            [(REALM_1, "Estimate", 880000), (REALM_2, "Invoice", 770000),
+             (REALM_2, "Estimate", 660000)]
+        )  # fmt: skip
+        self._clock += dt.timedelta(seconds=1)  # every post's entities are distinct events
+        date = self._clock.isoformat().replace("+00:00", "Z")
+        object_id = str(base + self.rng.randrange(self.POOL))
+        return realm, name, (name, object_id, "Update", date)
+
+    def run(self) -> None:
+        try:
+            while not self.halt.wait(self.rng.uniform(0.0, 2 * self.pause)):
+                realm, _, first = self._entity()
+                entities = [first]
+                for _ in range(self.rng.choice([0, 0, 1, 2])):
+                    other_realm, _, more = self._entity()
+                    if other_realm == realm:
+                        entities.append(more)
+                post = Post(index=len(self.posts), realm=realm, entities=entities)
+                with self._lock:
+                    self.posts.append(post)
+                try:
+                    post.status = post_webhook(self.url, legacy_body(realm, *entities))
+                except (OSError, http.client.HTTPException):
+                    post.status = None  # refused or cut off: maybe accepted, not owed
+                post.answered_at = time.time()
+        except BaseException as exc:
+            self.error = exc
+
+    def snapshot(self) -> list[Post]:
+        with self._lock:
+            return list(self.posts)
+
+
+@dataclass
+class Layout:
+    """The instances and settings of the daemon's config; the run mutates it between kills."""
+
+    receiver_url: str
+    sandbox: SandboxProcess
+    interval: dict[str, float] = field(default_factory=lambda: {"poll1": 0.02, "hyb2": 0.02})
+    overlap: dict[str, int] = field(default_factory=lambda: {"poll1": 5, "hyb2": 5})
+    poll1_present: bool = True
+    workers: int = 16
+    in_flight: int = 16
+    durability: str = "full"
+
+    SPECS = (
+        Spec("poll1", REALM_1, "polling", POLLED),
+        Spec("hook1", REALM_1, "webhook", None),
+        Spec("hyb2", REALM_2, "hybrid", POLLED),
+    )
+
+    def instances(self) -> str:
+        text = ""
+        for spec in self.SPECS:
+            if spec.name == "poll1" and not self.poll1_present:
+                continue
+            extra = ""
+            if spec.vendor != "webhook":
+                extra = (
+                    f'refresh_token = "{self.sandbox.realm_refresh_token(spec.realm)}"\n'
+                    f"event.poller.refresh_interval = {self.interval[spec.name]}\n"
+                    f"event.poller.urls = {list(spec.resources or ())!r}\n".replace("'", '"')
+                    + f"event.poller.overlap = {self.overlap[spec.name]}\n"
+                )
+            text += instance_toml(
+                spec.name, spec.realm, self.receiver_url, vendor=spec.vendor, extra=extra
+            )
+        return text
+
+    def settings(self) -> str:
+        schedule = ", ".join(str(s) for s in RETRY_SCHEDULE)
+        return (
+            self.sandbox.quickbooks_settings() + "[delivery]\n"
+            f"timeout = {TIMEOUT}\n"
+            f"retry_schedule = [{schedule}]\n"
+            f"workers = {self.workers}\n"
+            f"max_in_flight_per_endpoint = {self.in_flight}\n"
+            "[outbox]\n"
+            f'durability = "{self.durability}"\n'
+        )
+
+    def mutate(self, rng: random.Random) -> str:
+        """One random config change; returns what it did."""
+        what = rng.choice(["interval", "overlap", "delivery", "durability", "poll1"])
+        if what == "interval":
+            name = rng.choice(["poll1", "hyb2"])
+            self.interval[name] = rng.choice([0.01, 0.02, 0.04])
+            return f"{name} refresh_interval {self.interval[name]}"
+        if what == "overlap":
+            name = rng.choice(["poll1", "hyb2"])
+            self.overlap[name] = rng.choice([0, 2, 5, 30])
+            return f"{name} overlap {self.overlap[name]}"
+        if what == "delivery":
+            self.workers, self.in_flight = rng.choice([2, 8, 64]), rng.choice([1, 4, 16])
+            return f"workers {self.workers} max_in_flight {self.in_flight}"
+        if what == "durability":
+            self.durability = "normal" if self.durability == "full" else "full"
+            return f"durability {self.durability}"
+        self.poll1_present = not self.poll1_present
+        return "poll1 " + ("back" if self.poll1_present else "removed")
+
+
+@dataclass
+class Result:
+    seed: int
+    kills: int = 0
+    early_kills: int = 0  # before the daemon said it was ready
+    config_changes: list[str] = field(default_factory=list)
+    changes: int = 0
+    posts: int = 0
+    posts_ok: int = 0
+    deliveries: int = 0
+    events_checked: int = 0
+    ordered_objects: int = 0
+    kill_point_items: int = 0
+    duplicates: Duplicates = field(default_factory=Duplicates)
+    answers: dict[str, int] = field(default_factory=dict)
+    wall: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        d = self.duplicates
+        return (
+            f"chaos seed {self.seed}: {self.kills} kills survived ({self.early_kills} before ready,"
+            f" {len(self.config_changes)} restarts with a config change); {self.changes} sandbox"
+            f" changes, {self.posts} webhook posts ({self.posts_ok} answered 200);"
+            f" {self.deliveries} 2xx deliveries, {self.events_checked} events checked,"
+            f" {self.ordered_objects} objects order-checked, {self.kill_point_items} kill-point"
+            f" checks; duplicates {d.total} (in flight at a kill {d.by_kill}, answered after"
+            f" the sender had gone {d.late}, most at one kill {d.worst_kill},"
+            f" worst ack lag {d.worst_ack_lag:.2f} s); receiver answers {self.answers};"
+            f" wall {self.wall:.1f} s"
+        )
+
+
+def run(
+    tmp: Path, *, seed: int, kills: int, say: Callable[[str], None] = print, lifetime: float = 2.5
+) -> Result:
+    """Run the scenario; `Result.problems` lists every broken promise (empty: all held)."""
+    started = time.monotonic()
+    rng = random.Random(seed)
+    result = Result(seed=seed)
+    receiver = MoodyReceiver(rng.getrandbits(32)).start()
+    d = DaemonProcess(tmp, "")
+    sandbox = SandboxProcess(tmp, realms=(REALM_1, REALM_2), webhook_url=d.webhook_url)
+    layout = Layout(receiver.url, sandbox)
+    changer = Changer(sandbox, rng.getrandbits(32))
+    poster = Poster(d.webhook_url, rng.getrandbits(32))
+    killed: list[tuple[float, float]] = []
+    try:
+        d.write_config(layout.instances(), settings=layout.settings())
+        d.start()
+        _wait_first_polls(d)
+        baseline = len(sandbox.change_log())
+        say(f"chaos seed {seed}: {kills} kills, baseline change seq {baseline}")
+        changer.start()
+        poster.start()
+        sandbox.control("POST", "/_sandbox/generator", {"rate": 2})
+        ready = True
+        for number in range(kills):
+            # Mostly a life of up to `lifetime` s; now and then a kill within moments of start.
+            early = rng.random() < 0.2
+            life = rng.uniform(0.0, 0.6) if early else rng.uniform(0.2, lifetime)
+            if not ready:
+                life = rng.uniform(0.0, 1.0)
+            if threading.Event().wait(life) or d.proc is None or d.proc.poll() is not None:
+                raise AssertionError(f"daemon died by itself: {_tail(d)}")
+            sent = time.time()
+            d.kill9()
+            killed.append((sent, time.time()))
+            assert d.proc is not None and d.proc.returncode == -9, d.proc
+            result.kills += 1
+            result.early_kills += not ready
+            _check_kill_point(tmp, layout, sandbox, baseline, poster, killed[-1][1], result)
+            if rng.random() < 0.35 or (number == kills - 1 and not layout.poll1_present):
+                change = layout.mutate(rng)
+                if number == kills - 1 and not layout.poll1_present:
+                    layout.poll1_present = True
+                    change = "poll1 back"
+                result.config_changes.append(change)
+                d.write_config(layout.instances(), settings=layout.settings())
+            d.start(wait=False)
+            ready = number == kills - 1 or rng.random() < 0.85
+            if ready:
+                d.wait_ready(60)
+                sandbox.control("POST", "/_sandbox/webhooks/flush")
+        _drain(d, sandbox, receiver, changer, poster)
+        _verdict(tmp, layout, sandbox, receiver, poster, baseline, killed, result)
+        if d.stop() != 0:
+            result.problems.append(f"daemon did not exit 0 on SIGTERM: {_tail(d)}")
+    finally:
+        changer.halt.set()
+        poster.halt.set()
+        changer.join(10)
+        poster.join(10)
+        d.close()
+        sandbox.close()
+        receiver.stop()
+        result.wall = time.monotonic() - started
+    return result
+
+
+def _rows(db: Path) -> dict[str, int]:
+    """Outbox rows by state (dead letters would break the order promise's premise)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return dict(conn.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state").fetchall())
+    finally:
+        conn.close()
+
+
+def _tail(d: DaemonProcess, lines: int = 20) -> str:
+    return "\n".join(d.stderr().splitlines()[-lines:])
+
+
+def _wait_first_polls(d: DaemonProcess) -> None:
+    def polled() -> bool:
+        instances = d.health("/status")[1]["instances"]
+        return all(
+            loop["last_success_at"]
+            for name in ("poll1", "hyb2")
+            for loop in instances[name]["resources"].values()
+        )
+
+    wait_for(polled, 60, "a first poll of every resource")
+
+
+def _check_kill_point(
+    tmp: Path,
+    layout: Layout,
+    sandbox: SandboxProcess,
+    baseline: int,
+    poster: Poster,
+    killed_at: float,
+    result: Result,
+) -> None:
+    db = tmp / "state" / OUTBOX
+    if not db.exists():
+        return
+    acked = sandbox.stats()["webhooks"]["events_acked"]
+    log = sandbox.change_log()
+    problems, checked = kill_point_problems(
+        db, layout.SPECS, log, baseline, acked, poster.snapshot(), killed_at
+    )
+    result.kill_point_items += checked
+    result.problems += [f"after kill {result.kills}: {p}" for p in problems]
+
+
+def _drain(
+    d: DaemonProcess,
+    sandbox: SandboxProcess,
+    receiver: MoodyReceiver,
+    changer: Changer,
+    poster: Poster,
+) -> None:
+    """Stop the load, calm the receiver, and wait until the sandbox's webhooks are all taken."""
+    sandbox.control("POST", "/_sandbox/generator", {"rate": 0})
+    changer.halt.set()
+    poster.halt.set()
+    changer.join(10)
+    poster.join(10)
+    for thread in (changer, poster):
+        if thread.error is not None:
+            raise AssertionError(f"{thread.name} failed: {thread.error!r}")
+    receiver.calm = True
+    notifications = sum(
+        1 for c in sandbox.change_log() if c["webhook"]
+        and not (c["operation"] == "Merge" and c["event_type"] == "DELETED")
+    )  # fmt: skip
+
+    def taken() -> bool:
+        stats = sandbox.control("POST", "/_sandbox/webhooks/flush")
+        return bool(stats["events_acked"] == notifications)
+
+    wait_for(taken, 90, f"the sandbox's {notifications} webhooks to be acknowledged")
+
+
+def _verdict(
+    tmp: Path,
+    layout: Layout,
+    sandbox: SandboxProcess,
+    receiver: MoodyReceiver,
+    poster: Poster,
+    baseline: int,
+    killed: list[tuple[float, float]],
+    result: Result,
+) -> None:
+    log = [c for c in sandbox.change_log() if c["seq"] > baseline]
+    posts = poster.snapshot()
+    wants: dict[str, Want] = {s.name: want(s, log, posts) for s in layout.SPECS}
+    try:
+        wait_for(lambda: not missing(wants, receiver.snapshot()), 120, "every owed event")
+    except AssertionError as exc:
+        gaps = missing(wants, receiver.snapshot())
+        result.problems += [f"{exc}: {name} never got {sorted(keys)[:10]} ({len(keys)})"
+                            for name, keys in gaps.items()]  # fmt: skip
+    deliveries = receiver.snapshot()
+    result.problems += [
+        f"delivered but never made or posted: {p}" for p in invented(wants, deliveries)
+    ]
+    result.duplicates = duplicates(deliveries, killed)
+    result.problems += [
+        f"duplicate not in flight at a kill: {p}" for p in result.duplicates.unjustified
+    ]
+    result.problems += [f"order: {p}" for p in order_violations(wants, deliveries)]
+    if receiver.bad_signatures:
+        result.problems.append(f"{receiver.bad_signatures} deliveries with a bad signature")
+    db = tmp / "state" / OUTBOX
+    try:
+        wait_for(lambda: _rows(db) == {}, 60, "an empty outbox")
+    except AssertionError as exc:
+        result.problems.append(f"{exc}: rows by state {_rows(db)}")
+    # The final cursors too, once the backlog is gone (the daemon is still up: WAL reads are fine).
+    acked = sandbox.stats()["webhooks"]["events_acked"]
+    problems, checked = kill_point_problems(
+        tmp / "state" / OUTBOX, layout.SPECS, log, baseline, acked, posts, time.time()
+    )
+    result.kill_point_items += checked
+    result.problems += [f"at the end: {p}" for p in problems]
+    result.changes = len(log)
+    result.posts = len(posts)
+    result.posts_ok = sum(p.status == 200 for p in posts)
+    result.deliveries = len(deliveries)
+    result.events_checked = sum(len(w.expected) for w in wants.values())
+    result.ordered_objects = ordered_objects(wants, deliveries)
+    result.answers = dict(receiver.answers)
