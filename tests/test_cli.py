@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import os
 import re
@@ -21,6 +22,8 @@ from harness import (
     legacy_body,
     wait_for,
 )
+from qbo_events.events import Change, Event, EventType, Source, event_id
+from qbo_events.outbox import Outbox
 
 Factory = Callable[..., DaemonProcess]
 REPO = Path(__file__).resolve().parent.parent
@@ -245,6 +248,44 @@ def test_the_example_config_in_the_repository_passes_check(tmp_path: Path) -> No
     result = cli("check", "--config", str(REPO / "config.toml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "acme: realm 9130357766900216, hybrid" in result.stdout
+
+
+# state_dir beside the config file
+
+
+def test_deliveries_list_from_another_directory_reads_the_daemons_outbox(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    path = write(tmp_path / "etc", GOOD)  # state_dir = "./state"
+    change = Change(
+        realm_id="222",
+        entity="Invoice",
+        object_id="42",
+        event_type=EventType.CREATED,
+        date=AT,
+        source=Source.WEBHOOK,
+        raw={},
+    )
+
+    async def store() -> None:
+        async with Outbox(tmp_path / "etc" / "state" / "outbox.sqlite3") as outbox:
+            await outbox.accept(
+                [
+                    Event(
+                        event_id=event_id("globex", change),
+                        instance="globex",
+                        object_type="invoices",
+                        change=change,
+                    )
+                ]
+            )
+
+    asyncio.run(store())
+    result = cli("deliveries", "list", "--config", str(path), cwd=tmp_path / "elsewhere")
+    assert result.returncode == 0, result.stderr
+    assert "invoices/42" in result.stdout
+    assert result.stdout.splitlines()[-1] == "1 pending deliveries"
+    assert not (tmp_path / "elsewhere" / "state").exists()
 
 
 # --help and usage errors
