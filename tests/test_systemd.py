@@ -218,7 +218,7 @@ async def test_watchdog_pings_every_half_interval(notify_socket: tuple[socket.so
     stop = asyncio.Event()
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(notifier.run_watchdog(stop, lambda: True))
+            group.create_task(notifier.run_watchdog(stop, list))
             arrivals = []
             for _ in range(6):
                 arrived, message = await receive_async(sock)
@@ -250,7 +250,7 @@ async def test_no_watchdog_while_the_loop_is_blocked(
 
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(notifier.run_watchdog(stop, lambda: True))
+            group.create_task(notifier.run_watchdog(stop, list))
             assert (await receive_async(sock))[1] == "WATCHDOG=1"
             asyncio.get_running_loop().call_soon(block_the_loop)
             await unblocked.wait()
@@ -263,29 +263,39 @@ async def test_no_watchdog_while_the_loop_is_blocked(
 
 
 @pytest.mark.anyio
-async def test_no_watchdog_while_unhealthy(notify_socket: tuple[socket.socket, str]) -> None:
+@pytest.mark.usefixtures("restore_logging")
+async def test_no_watchdog_while_wedged_and_why_is_logged_once(
+    notify_socket: tuple[socket.socket, str],
+) -> None:
     sock, address = notify_socket
     notifier = notifier_for(address, WATCHDOG_USEC=str(WATCHDOG_USEC))
     stop = asyncio.Event()
     checked_four_times = asyncio.Event()
     checks = 0
-    healthy = False
+    reasons = ["poll acme/invoices: no answer for 901 s (deadline 900 s)"]
 
-    def health() -> bool:
+    def wedged() -> list[str]:
         nonlocal checks
         checks += 1
         if checks == 4:
             checked_four_times.set()
-        return healthy
+        return reasons
 
+    out = io.StringIO()
+    logs.configure("info", "json", stream=out)
     try:
         async with asyncio.TaskGroup() as group:
-            group.create_task(notifier.run_watchdog(stop, health))
+            group.create_task(notifier.run_watchdog(stop, wedged))
             async with asyncio.timeout(DEADLINE):
                 await checked_four_times.wait()
             assert drain(sock) == []
-            healthy = True
+            assert notifier.withheld == reasons
+            assert out.getvalue().count("watchdog withheld") == 1
+            assert "poll acme/invoices" in out.getvalue()
+            reasons = []
             assert (await receive_async(sock))[1] == "WATCHDOG=1"
+            assert notifier.withheld == []
+            assert "watchdog resumed" in out.getvalue()
             stop.set()
     finally:
         notifier.close()
@@ -302,7 +312,7 @@ async def test_a_failing_health_check_counts_as_unhealthy(
     checked_three_times = asyncio.Event()
     calls = 0
 
-    def health() -> bool:
+    def health() -> list[str]:
         nonlocal calls
         calls += 1
         if calls == 3:
@@ -333,7 +343,7 @@ async def test_watchdog_returns_as_soon_as_stop_is_set(
     stop = asyncio.Event()
     try:
         async with asyncio.timeout(2), asyncio.TaskGroup() as group:
-            group.create_task(notifier.run_watchdog(stop, lambda: True))
+            group.create_task(notifier.run_watchdog(stop, list))
             assert (await receive_async(sock))[1] == "WATCHDOG=1"
             stop.set()
     finally:
@@ -347,7 +357,7 @@ async def test_watchdog_without_watchdog_usec_returns_at_once(
     _, address = notify_socket
     notifier = notifier_for(address)
     async with asyncio.timeout(2):
-        await notifier.run_watchdog(asyncio.Event(), lambda: True)
+        await notifier.run_watchdog(asyncio.Event(), list)
     assert notifier.sent == 0
 
 

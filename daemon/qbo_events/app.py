@@ -121,7 +121,7 @@ class Daemon:
                 async with asyncio.TaskGroup() as sinks:
                     sinks.create_task(sender.run(sinks_stop), name="sender")
                     sinks.create_task(
-                        self.notifier.run_watchdog(sinks_stop, self._healthy), name="watchdog"
+                        self.notifier.run_watchdog(sinks_stop, self._wedged), name="watchdog"
                     )
                     sinks.create_task(self._report(sinks_stop), name="report")
                     try:
@@ -263,8 +263,20 @@ class Daemon:
             refresh_metrics=self._refresh_metrics,
         )
 
-    def _healthy(self) -> bool:
-        return not self.readiness()
+    def _wedged(self) -> list[str]:
+        """What is stuck, for the watchdog: progress, not readiness (a restart cures a wedged
+        dispatcher or poll, not an instance that needs re-authorization or a full disk)."""
+        sender, now = self._sender, time.time()
+        due_since = sender.due_since() if sender is not None else None
+        return health.wedged(
+            health.Progress(
+                dispatching=sender is not None and sender.running,
+                since_dispatch=now - sender.last_dispatch_at if sender is not None else 0.0,
+                due_for=now - due_since if due_since is not None and due_since <= now else None,
+                storage_ok=self._outbox is not None and self._outbox.writable,
+                polls=self._pollers.progress(time.monotonic()) if self._pollers else [],
+            )
+        )
 
     def readiness(self) -> list[str]:
         reasons = []
@@ -331,6 +343,11 @@ class Daemon:
             "config": str(self.config_path),
             "last_reload": self.last_reload,
             "ready": not self.readiness(),
+            "degraded": self.degraded(),
+            "watchdog": {
+                "interval": self.notifier.watchdog_interval(),
+                "withheld": self.notifier.withheld,
+            },
             "instances": {
                 inst.name: {
                     "realm_id": inst.realm_id,

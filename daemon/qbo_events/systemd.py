@@ -35,6 +35,7 @@ class Notifier:
         self._sock: socket.socket | None = None
         self._failed = False
         self.sent = 0
+        self.withheld: list[str] = []  # why the last watchdog ping was not sent
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Notifier:
@@ -115,8 +116,10 @@ class Notifier:
             self._sock.close()
             self._sock = None
 
-    async def run_watchdog(self, stop: asyncio.Event, healthy: Callable[[], bool]) -> None:
-        """Ping the watchdog every half `$WATCHDOG_USEC` while `healthy()`, until `stop` is set.
+    async def run_watchdog(self, stop: asyncio.Event, wedged: Callable[[], list[str]]) -> None:
+        """Ping the watchdog every half `$WATCHDOG_USEC` while `wedged()` finds nothing stuck,
+        until `stop` is set. Why pings are withheld is logged once, when it starts, and kept in
+        `withheld` for /status.
 
         This runs on the event loop on purpose, never in a thread: a loop that is blocked or
         starved sends nothing, and systemd restarts the service.
@@ -125,7 +128,13 @@ class Notifier:
         if interval is None:
             return
         while not stop.is_set():
-            if self._healthy(healthy):
+            reasons = self._check(wedged)
+            if reasons and not self.withheld:
+                _log.error("watchdog withheld: the daemon is stuck", reasons=reasons)
+            elif self.withheld and not reasons:
+                _log.info("watchdog resumed")
+            self.withheld = reasons
+            if not reasons:
                 self.watchdog()
             try:
                 async with asyncio.timeout(interval):
@@ -134,14 +143,14 @@ class Notifier:
                 pass
 
     @staticmethod
-    def _healthy(healthy: Callable[[], bool]) -> bool:
-        # A health check that raises counts as unhealthy rather than ending the watchdog task
-        # (and with it the task group that runs the daemon).
+    def _check(wedged: Callable[[], list[str]]) -> list[str]:
+        # A check that raises counts as stuck rather than ending the watchdog task (and with
+        # it the task group that runs the daemon).
         try:
-            return bool(healthy())
-        except Exception:
+            return list(wedged())
+        except Exception as exc:
             _log.warning("health check failed", exc_info=True)
-            return False
+            return [f"health check failed: {type(exc).__name__}"]
 
 
 def _socket_address(address: str | None) -> bytes | None:

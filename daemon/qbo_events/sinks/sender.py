@@ -134,6 +134,18 @@ class Sender:
             "endpoints_busy": {k: v for k, v in self._endpoint_busy.items() if v},
         }
 
+    def due_since(self) -> float | None:
+        """Since when (clock time) work has waited for the dispatcher with a sender slot free
+        to take it; None when none waits or every slot is busy. Read by the watchdog."""
+        if self._busy >= self._delivery.workers:
+            return None
+        waiting = [
+            due
+            for name, due in self._next_due.items()
+            if name in self._targets and not self._saturated(name)
+        ]
+        return min(waiting, default=None)
+
     def __repr__(self) -> str:
         return f"<Sender in_flight={self._busy} delivered={self.delivered} failed={self.failed}>"
 
