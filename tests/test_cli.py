@@ -6,6 +6,7 @@ import asyncio
 import http.server
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -390,6 +391,26 @@ def test_status_prints_the_running_daemons_table(daemon_factory: Factory) -> Non
     assert "failed_attempts 1" in out
     assert " ready," in out.splitlines()[0]
     assert str(d.config_path) in out.splitlines()[0]
+    assert d.stop() == 0
+
+
+def test_a_reload_that_moves_the_health_listener_records_the_new_address(
+    daemon_factory: Factory,
+) -> None:
+    instances = instance_toml("acme-moved", "818", "http://127.0.0.1:9/hook")
+    d = daemon_factory(instances).start()
+    recorded = d.state_dir / "health_address"
+    moved = free_port()
+    d.write_config(instances, settings=f'[http]\nhealth_listen = "127.0.0.1:{moved}"')
+    d.signal(signal.SIGHUP)
+    wait_for(
+        lambda: recorded.read_text().strip() == f"127.0.0.1:{moved}",
+        what="the new health address to be recorded",
+    )
+    d.config_path.write_text("[broken\n")
+    result = cli("status", "--config", str(d.config_path))
+    assert result.returncode == 0, result.stderr
+    assert "acme-moved" in result.stdout
     assert d.stop() == 0
 
 

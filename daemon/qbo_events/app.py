@@ -215,7 +215,8 @@ class Daemon:
             if new.http.health_listen != old.http.health_listen:
                 await self._health_site.bind(self._health_app, new.http.health_listen)
                 with contextlib.suppress(OSError):
-                    health_address.write(old.state_dir, new.http.health_listen)
+                    # The directory in use: a state_dir changed by a reload waits for a restart.
+                    health_address.write(self._outbox.path.parent, new.http.health_listen)
         except StartupError:
             for site, make_app, address in moved:
                 with contextlib.suppress(StartupError):
