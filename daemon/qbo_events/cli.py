@@ -238,29 +238,14 @@ def _authorize(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from qbo_events import health_address
-    from qbo_events.status_table import fetch_and_print, show, url_for
+    from qbo_events.status_table import fetch_and_print, fetch_and_print_recorded
 
     path = args.config or config_module.default_path()
     try:
         config = config_module.load(path)
     except ConfigError:
         # A broken file on disk is when an operator most needs to see the daemon that still runs.
-        recorded = health_address.state_dir_of(Path(path)) / health_address.FILE
-        address = health_address.read(recorded.parent)
-        if address is None:
-            print(
-                f"qbo-events: {path} does not load (`qbo-events check` lists why) and "
-                f"{recorded} names no running daemon to ask",
-                file=sys.stderr,
-            )
-            return EXIT_USAGE
-        print(
-            f"qbo-events: {path} does not load (`qbo-events check` lists why); asking the "
-            f"daemon at {address}, the health address recorded in {recorded}",
-            file=sys.stderr,
-        )
-        return show(url_for(address))
+        return fetch_and_print_recorded(Path(path))
     return fetch_and_print(config)
 
 

@@ -8,10 +8,12 @@ import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from qbo_events import health_address
 from qbo_events.config import Config, parse_listen
 
 
@@ -30,6 +32,26 @@ def url_for(health_listen: str) -> str:
 
 def fetch_and_print(config: Config) -> int:
     return show(status_url(config))
+
+
+def fetch_and_print_recorded(config_path: Path) -> int:
+    """`status` when the config file does not load: ask the address the daemon recorded in its
+    state_dir, saying so; 2 when no address was recorded there."""
+    recorded = health_address.state_dir_of(config_path) / health_address.FILE
+    address = health_address.read(recorded.parent)
+    if address is None:
+        print(
+            f"qbo-events: {config_path} does not load (`qbo-events check` lists why) and "
+            f"{recorded} names no running daemon to ask",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"qbo-events: {config_path} does not load (`qbo-events check` lists why); asking the "
+        f"daemon at {address}, the health address recorded in {recorded}",
+        file=sys.stderr,
+    )
+    return show(url_for(address))
 
 
 def show(url: str) -> int:
