@@ -778,6 +778,15 @@ def test_a_misspelt_instance_key_gets_the_nearest_known_key(text: str, expected:
     assert problems(WEBHOOKS + instance(extra=text)) == [expected]
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"), [("nan", "nan"), ("-inf", "-inf"), ("3", "3"), ("[1, 'a']", '[1,"a"]')]
+)
+def test_a_bad_enum_value_of_another_type_is_shown_as_written(value: str, shown: str) -> None:
+    assert problems(f"[log]\nlevel = {value}\n") == [
+        f"log.level: must be one of debug, info, warning, error (got {shown})"
+    ]
+
+
 def test_a_misspelt_section_key_gets_the_nearest_known_key() -> None:
     assert problems("[delivery]\nretry_schedul = [1]\n") == [
         "delivery.retry_schedul: unknown key; did you mean retry_schedule?"

@@ -291,6 +291,9 @@ def _unknown_key(path: str, key: str, known: Iterable[str]) -> str:
 
 
 def _shown(value: Any) -> str:
+    """A value as TOML spells it, near enough: JSON, except the floats JSON lacks (nan, inf)."""
+    if isinstance(value, float):
+        return repr(value)
     try:
         return msgspec.json.encode(value).decode()
     except (TypeError, ValueError):
