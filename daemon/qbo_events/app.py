@@ -32,6 +32,7 @@ from qbo_events.routing import Routes
 from qbo_events.sinks.sender import Sender, targets_from
 from qbo_events.sources.pollers import Pollers
 from qbo_events.sources.webhooks import WebhookListener
+from qbo_events.state_dir import held
 from qbo_events.systemd import Notifier
 
 log = structlog.get_logger("qbo_events.app")
@@ -85,7 +86,9 @@ class Daemon:
             max_pending=config.outbox.max_pending,
             dedupe_window=config.outbox.dedupe_window_days * 86400,
         )
-        async with outbox, _client_session() as http, aiohttp.ClientSession() as qbo_http:
+        # The state_dir's lock first (StartupError if another daemon holds it), then the outbox.
+        state = held(Path(config.state_dir), outbox)
+        async with state, _client_session() as http, aiohttp.ClientSession() as qbo_http:
             self._outbox = outbox
             sender = self._sender = Sender(
                 outbox,
@@ -281,8 +284,10 @@ class Daemon:
 
     def readiness(self) -> list[str]:
         reasons = []
-        if self._outbox is None or not self._outbox.writable:
+        if self._outbox is None:
             reasons.append("outbox not open")
+        elif not self._outbox.writable:
+            reasons.append(f"outbox cannot write: {self._outbox.fault}")
         if self._webhook_site.runner is None:
             reasons.append("webhook listener not bound")
         if self._sender is None or not self._sender.running:

@@ -160,7 +160,8 @@ def _deliveries_list(args: argparse.Namespace) -> int:
     config, _ = _load(args)
 
     async def listing() -> list[Any]:
-        async with Outbox(outbox_path(config)) as outbox:
+        # create=False: a state_dir that is not there is an error (exit 1), never a new one.
+        async with Outbox(outbox_path(config), create=False) as outbox:
             return await outbox.listing(dead=args.dead, instance=args.instance, limit=args.limit)
 
     rows = asyncio.run(listing())
@@ -183,10 +184,18 @@ def _deliveries_retry(args: argparse.Namespace) -> int:
     config, _ = _load(args)
 
     async def requeue() -> int:
-        async with Outbox(outbox_path(config)) as outbox:
+        async with Outbox(outbox_path(config), create=False) as outbox:
             return await outbox.requeue_dead(instance=args.instance, event_id=args.event)
 
     count = asyncio.run(requeue())
+    if not count and (args.instance or args.event):
+        if args.event:
+            what = f"no dead-lettered delivery with event id {args.event}"
+            what += f" for instance {args.instance}" if args.instance else ""
+        else:
+            what = f"no dead-lettered deliveries for instance {args.instance}"
+        print(f"qbo-events: {what}", file=sys.stderr)
+        return EXIT_FAILURE
     print(f"re-queued {count} dead-lettered deliveries")
     return EXIT_OK
 

@@ -15,7 +15,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from qbo_events.errors import OutboxClosed, OutboxFull
+from qbo_events.errors import OutboxClosed, OutboxError, OutboxFull
 from qbo_events.events import Event
 from qbo_events.group_commit import GroupCommit, Operation
 from qbo_events.quickbooks.oauth import Tokens
@@ -109,7 +109,10 @@ _decode_event = msgspec.msgpack.Decoder(Event).decode
 
 
 class Outbox:
-    """`async with Outbox(path) as outbox:` opens the database; closing commits what is queued."""
+    """`async with Outbox(path) as outbox:` opens the database; closing commits what is queued.
+
+    With `create=False` (the read-only commands) a missing outbox is an error, never a new one
+    in a new state directory."""
 
     def __init__(
         self,
@@ -119,13 +122,14 @@ class Outbox:
         max_pending: int = 1_000_000,
         dedupe_window: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
+        create: bool = True,
     ) -> None:
         self.path = path
         self.durability = durability
         self.max_pending = max_pending
         self.dedupe_window = dedupe_window
         self._clock = clock
-        self._db = GroupCommit(path, durability, on_open=_SCHEMA)
+        self._db = GroupCommit(path, durability, on_open=_SCHEMA, create=create)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self.pending = 0  # undelivered, not dead: what max_pending bounds
@@ -145,9 +149,15 @@ class Outbox:
         await self.close()
 
     async def open(self) -> None:
+        """Raises OutboxError naming the file when it cannot be opened or read."""
         self._loop = asyncio.get_running_loop()
         self._db.open()
-        self.pending = self._read(_count_pending)
+        try:
+            # A full scan at a million rows: a fraction of a second, off the loop.
+            self.pending = await self._db.read_off_loop(_count_pending)
+        except OutboxError as exc:
+            await self._db.close()
+            raise OutboxError(f"cannot read the outbox {self.path}: {exc}") from exc
         self._accepting = True
 
     def stop_intake(self) -> None:
@@ -161,6 +171,17 @@ class Outbox:
     @property
     def writable(self) -> bool:
         return self._db.writable
+
+    @property
+    def fault(self) -> str | None:
+        """Why the outbox cannot be written (a full disk, say), while it cannot."""
+        return self._db.fault
+
+    def _refuse_while_unwritable(self) -> None:
+        # New intake waits for the probe to find the storage writable again: a write that
+        # happens to fit meanwhile would make the state, and its log lines, flap.
+        if self._db.is_open and not self._db.writable:
+            raise OutboxError(f"the outbox cannot write: {self._db.fault}")
 
     @property
     def commits(self) -> int:
@@ -193,6 +214,7 @@ class Outbox:
         in one transaction. Returns how many were new. Raises OutboxFull or OutboxClosed."""
         if not self._accepting:
             raise OutboxClosed("the daemon is shutting down")
+        self._refuse_while_unwritable()
         if events and self.pending >= self.max_pending:
             raise OutboxFull(f"{self.pending} undelivered events (max_pending {self.max_pending})")
         now = self._clock()
@@ -232,6 +254,7 @@ class Outbox:
         return new
 
     async def quarantine(self, body: bytes, reason: str) -> None:
+        self._refuse_while_unwritable()
         now = self._clock()
         await self._run(
             lambda conn: conn.execute(
@@ -309,7 +332,9 @@ class Outbox:
             ).fetchone()[0]
             return rows, later
 
-        result = self._read(op)
+        # Off the loop: rows due by their time but waiting behind an earlier row of their object
+        # (whose retry is later) are all read past, a million of them at worst.
+        result = await self._db.read_off_loop(op, scan=False)
         for seq in broken:
             # Kept for a person to look at, out of the senders' way.
             await self.dead_letter(seq, 0, "the stored event cannot be decoded")
@@ -326,8 +351,12 @@ class Outbox:
             ).fetchall()
             return {name: at for name, at, _ in rows}, sum(count for _, _, count in rows)
 
-        work, pending = self._read(op)
-        if self._db.quiet:
+        # The GROUP BY reads every undelivered row: off the loop. The count is kept only if no
+        # batch ended meanwhile, or the count kept beside the database already covers rows the
+        # read did not see (or the reverse).
+        quiet, batches = self._db.quiet, self._db.batches
+        work, pending = await self._db.read_off_loop(op)
+        if quiet and self._db.quiet and batches == self._db.batches:
             self.pending = pending
         return work
 
@@ -389,7 +418,7 @@ class Outbox:
             quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
             return Counts(pending, retrying, dead, quarantined)
 
-        return self._read(op)
+        return await self._db.read_off_loop(op)  # a full scan: every /status asks
 
     async def listing(self, *, dead: bool, instance: str | None, limit: int) -> list[Listing]:
         def op(conn: sqlite3.Connection) -> list[Listing]:

@@ -40,6 +40,8 @@ _RESCAN = 5.0
 _FETCH_AHEAD = 32
 # How long an instance's deliveries pause when the outbox cannot record outcomes.
 _OUTBOX_TROUBLE_WAIT = 5.0
+# How often the dispatcher tries again while the outbox cannot be read or written.
+_OUTBOX_TROUBLE_RETRY = 1.0
 # Fetched-ahead rows held in memory at most, over all instances.
 _READY_LIMIT = 512
 
@@ -154,7 +156,6 @@ class Sender:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`; then give in-flight deliveries `shutdown_timeout` to finish
         and cancel the rest, which stay in the outbox."""
-        self._next_due.update(await self._outbox.instances_with_work())
         self.running = True
         self.started.set()
         try:
@@ -179,19 +180,25 @@ class Sender:
         self._wakeup.set()
 
     async def _dispatch(self, deliveries: asyncio.TaskGroup, stop: asyncio.Event) -> None:
-        last_rescan = self._clock()
+        last_rescan = -math.inf  # the first round scans: the rows left from the last run
         while not stop.is_set():
             self._wakeup.clear()
             now = self._clock()
-            if now - last_rescan > _RESCAN:
-                last_rescan = now
-                for name, at in (await self._outbox.instances_with_work()).items():
-                    self._next_due[name] = min(self._next_due.get(name, math.inf), at)
             try:
+                if not self._outbox.writable:
+                    # An outcome could not be recorded: a delivery now would only be sent
+                    # again later. The outbox logs the fault and probes for its end.
+                    await self._sleep(_OUTBOX_TROUBLE_RETRY)
+                    continue
+                if now - last_rescan > _RESCAN:
+                    for name, at in (await self._outbox.instances_with_work()).items():
+                        self._next_due[name] = min(self._next_due.get(name, math.inf), at)
+                    last_rescan = now
                 await self._round(deliveries, now)
             except OutboxError as exc:
-                log.error("outbox unavailable to the senders", error=str(exc))
-                await self._sleep(1.0)
+                # Whatever the storage does, the senders keep going and try again.
+                _outbox_trouble(self._outbox, "outbox unavailable to the senders", error=str(exc))
+                await self._sleep(_OUTBOX_TROUBLE_RETRY)
                 continue
             self.last_dispatch_at = self._clock()
             await self._sleep(self._sleep_for(self._clock()))
@@ -292,7 +299,9 @@ class Sender:
                 self._delivered_metric.inc()
                 self._metrics.delivery_latency.observe(self._clock() - row.accepted_at)
         except OutboxError as exc:
-            log.error("could not record a delivery outcome", seq=row.seq, error=str(exc))
+            _outbox_trouble(
+                self._outbox, "could not record a delivery outcome", seq=row.seq, error=str(exc)
+            )
             # The row is still due; sending it again at once would only repeat the failure.
             self._next_due[target.instance] = self._clock() + _OUTBOX_TROUBLE_WAIT
         else:
@@ -365,6 +374,15 @@ class Sender:
             raise DeliveryRejected(
                 status, retry_after=retry_after if status in (429, 503) else None
             )
+
+
+def _outbox_trouble(outbox: Outbox, message: str, **fields: Any) -> None:
+    # While the storage itself is failing the outbox has said so once; a line per round or
+    # per delivery would bury it.
+    if outbox.writable:
+        log.error(message, **fields)
+    else:
+        log.debug(message, **fields)
 
 
 class _CutOff(Exception):

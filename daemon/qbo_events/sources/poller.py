@@ -55,6 +55,8 @@ NAME_LISTS: Final = frozenset(
 )  # fmt: skip
 BACKOFF_START: Final = 5.0
 OUTBOX_FULL_WAIT: Final = 1.0
+# Each poll while the outbox cannot write costs QuickBooks calls for nothing: not too often.
+OUTBOX_TROUBLE_WAIT: Final = 10.0
 
 
 class LoopState:
@@ -159,6 +161,15 @@ class ResourceLoop:
                     self.state = LoopState.WAITING
                     self.last_error = str(exc)
                     pause = OUTBOX_FULL_WAIT
+                except OutboxError as exc:
+                    # The storage failed (a full disk, say): neither the events nor the cursor
+                    # were stored, so the next poll reads the same window again.
+                    self.state = LoopState.WAITING
+                    self.last_error = f"outbox: {exc}"
+                    pause = OUTBOX_TROUBLE_WAIT
+                    # The outbox logs a storage fault once; a line per poll would bury it.
+                    say = self.log.warning if self._outbox.writable else self.log.debug
+                    say("poll's events not stored; polling again later", error=str(exc))
                 except QuickBooksUnavailable as exc:
                     self._failed(exc)
                     pause, backoff = backoff, backoff * 2
