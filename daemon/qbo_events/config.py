@@ -166,6 +166,9 @@ _SECTIONS: Final[dict[str, Any]] = {
     "outbox": OutboxConfig,
 }
 _NAME: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_BARE_KEY: Final = re.compile(r"[A-Za-z0-9_-]+")
+# The deepest real key (instances[0].event.notification.signature.key_file) is 6 levels down.
+_MAX_DEPTH: Final = 16
 
 
 def default_path(environ: Mapping[str, str] = os.environ) -> Path:
@@ -188,6 +191,11 @@ def loads(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"invalid TOML: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError(["invalid TOML: arrays or tables nested too deeply"]) from None
+    deep = _too_deep(data)
+    if deep is not None:
+        raise ConfigError([f"{deep}: nested more than {_MAX_DEPTH} deep"])
     problems: list[str] = []
     config = _decode(_datetimes_as_text(data), problems)
     if config is not None:
@@ -202,6 +210,27 @@ def loads(
             config, state_dir=os.path.normpath(base_dir / config.state_dir)
         )
     return config
+
+
+def _too_deep(data: dict[str, Any]) -> str | None:
+    """The path of the first value nested past _MAX_DEPTH, or None. Without recursion, so that
+    no file can overflow the stack here, nor in the recursive checks it guards."""
+    stack: list[tuple[str, Any, int]] = [(_quoted(k), v, 1) for k, v in data.items()]
+    while stack:
+        path, value, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            return path
+        if isinstance(value, dict):
+            stack += [(f"{path}.{_quoted(k)}", v, depth + 1) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{path}[{i}]", v, depth + 1) for i, v in enumerate(value)]
+    return None
+
+
+def _quoted(key: str) -> str:
+    """A key as a path shows it: bare when TOML allows, else quoted, so that every problem is
+    one line starting with its key path."""
+    return key if _BARE_KEY.fullmatch(key) else msgspec.json.encode(key).decode()
 
 
 def _datetimes_as_text(value: Any) -> Any:
@@ -220,7 +249,7 @@ def _decode(data: dict[str, Any], problems: list[str]) -> Config | None:
     report every error rather than msgspec's first."""
     for key in data:
         if key not in _SECTIONS and key != "instances":
-            problems.append(_unknown_key(key, key, [*_SECTIONS, "instances"]))
+            problems.append(_unknown_key(_quoted(key), key, [*_SECTIONS, "instances"]))
     parts: dict[str, Any] = {}
     for key, kind in _SECTIONS.items():
         if key in data:
@@ -265,7 +294,7 @@ def _every_error(value: Any, kind: Any, prefix: str, first: msgspec.ValidationEr
     for key, item in value.items():
         field = fields.get(key)
         if field is None:
-            errors.append(_unknown_key(f"{prefix}.{key}", key, fields))
+            errors.append(_unknown_key(f"{prefix}.{_quoted(key)}", key, fields))
             continue
         try:
             msgspec.convert(item, field.type)
@@ -361,6 +390,9 @@ def _read_secret(
         secret = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         problems.append(f"{key}: cannot read {path}: {exc.strerror or exc}")
+        return ""
+    except ValueError:  # a NUL in the name, which no file system allows
+        problems.append(f"{key}: not a usable file name: {file!r}")
         return ""
     if not secret:
         # An empty key file would otherwise mean "no secret": signing silently off, for one.
@@ -459,7 +491,7 @@ def validate(config: Config) -> list[str]:
     qb = config.quickbooks
     for key in ("api_base_url", "token_url"):
         url = getattr(qb, key)
-        if url and urlsplit(url).scheme not in ("http", "https"):
+        if url and not _http_url(url, need_host=False):
             problems.append(f"quickbooks.{key}: must be an http(s) URL")
 
     problems += _validate_instances(dict(enumerate(config.instances)))
@@ -491,15 +523,22 @@ def _validate_instances(instances: dict[int, Instance]) -> list[str]:
     return problems
 
 
+def _http_url(url: str, *, need_host: bool) -> bool:
+    """An http(s) URL that aiohttp can open: urlsplit raises ValueError for a broken `[v6]`
+    host, and so does `.port` for a port past 65535, which would otherwise fail every send."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- read for the ValueError
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and (bool(parts.hostname) or not need_host)
+
+
 def _validate_event(event: EventSettings, where: str) -> list[str]:
     problems: list[str] = []
     url = event.notification.callback.url
-    if event.notification.enabled:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problems.append(
-                f"{where}.notification.callback.url: must be an http(s) URL (got {url!r})"
-            )
+    if event.notification.enabled and not _http_url(url, need_host=True):
+        problems.append(f"{where}.notification.callback.url: must be an http(s) URL (got {url!r})")
     poller = event.poller
     try:
         minutes = float(poller.refresh_interval)
@@ -509,8 +548,9 @@ def _validate_event(event: EventSettings, where: str) -> list[str]:
             f"(got {poller.refresh_interval!r})"
         )
     else:
-        # nan and inf pass `<= 0` (TOML has both, and so does float("nan")); neither is a period.
-        if not math.isfinite(minutes):
+        # nan and inf pass `<= 0` (TOML has both, and so does float("nan")); neither is a period,
+        # nor is 1e308 minutes, which is inf once the poller turns it into seconds.
+        if not math.isfinite(minutes * 60.0):
             problems.append(f"{where}.poller.refresh_interval: must be a finite number of minutes")
         elif minutes <= 0:
             problems.append(f"{where}.poller.refresh_interval: must be > 0")
