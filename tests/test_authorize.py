@@ -114,3 +114,24 @@ def test_a_realm_id_that_is_not_the_instances_is_refused_before_the_code_is_used
     result = authorize(other, code, "--realm-id", REALM_B)
     assert result.returncode == 0, result.stderr
     assert stored_tokens(other) is not None
+
+
+def test_when_quickbooks_cannot_answer_the_realm_id_given_decides(
+    tmp_path: Path, sandbox: SandboxProcess
+) -> None:
+    config = write_config(tmp_path, sandbox)
+    # Without the redirect's realmId nothing vouches for the tokens: refused, nothing stored.
+    sandbox.faults(errors=1, error_status=503)
+    result = authorize(config, code_for(sandbox, REALM_A))
+    assert result.returncode == 1, result.stderr
+    assert "cannot confirm" in result.stderr and "--realm-id" in result.stderr
+    assert stored_tokens(config) is None
+    # With it (already compared with the instance's), the tokens are kept, and the doubt said.
+    sandbox.faults(errors=1, error_status=503)
+    result = authorize(config, code_for(sandbox, REALM_A), "--realm-id", REALM_A)
+    assert result.returncode == 0, result.stderr
+    assert "stored new tokens for acme" in result.stdout
+    assert "could not confirm" in result.stderr and "HTTP 503" in result.stderr
+    tokens = stored_tokens(config)
+    assert tokens is not None
+    assert tokens.refresh_token in sandbox.stats()["refresh_tokens"][REALM_A]
