@@ -42,6 +42,8 @@ def main(argv: list[str]) -> int:
         print(result.summary(), flush=True)
         if result.config_changes:
             print("  config changes: " + "; ".join(result.config_changes))
+        if result.duplicates.worst:
+            print(f"  slowest acknowledgement behind a duplicate: {result.duplicates.worst}")
         for problem in result.problems[:50]:
             print(f"  PROBLEM: {problem}")
         if result.problems:

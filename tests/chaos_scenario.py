@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import http.client
+import math
 import random
 import sqlite3
 import threading
@@ -25,6 +26,7 @@ from aiohttp import web
 from chaos_checks import (
     Duplicates,
     Post,
+    Posted,
     Spec,
     Want,
     duplicates,
@@ -33,6 +35,7 @@ from chaos_checks import (
     missing,
     order_violations,
     ordered_objects,
+    read_outbox,
     want,
 )
 from harness import (
@@ -176,30 +179,28 @@ class Poster(threading.Thread):
         self._clock = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(days=2)
         self.error: BaseException | None = None
 
-    def _entity(self) -> tuple[str, str, tuple[str, str, str, str]]:
+    def _entity(self) -> Posted:
         realm, name, base = self.rng.choice(
             [(REALM_1, "Estimate", 880000), (REALM_2, "Invoice", 770000),
              (REALM_2, "Estimate", 660000)]
         )  # fmt: skip
         self._clock += dt.timedelta(seconds=1)  # every post's entities are distinct events
         date = self._clock.isoformat().replace("+00:00", "Z")
-        object_id = str(base + self.rng.randrange(self.POOL))
-        return realm, name, (name, object_id, "Update", date)
+        return realm, name, str(base + self.rng.randrange(self.POOL)), "Update", date
 
     def run(self) -> None:
         try:
             while not self.halt.wait(self.rng.uniform(0.0, 2 * self.pause)):
-                realm, _, first = self._entity()
-                entities = [first]
-                for _ in range(self.rng.choice([0, 0, 1, 2])):
-                    other_realm, _, more = self._entity()
-                    if other_realm == realm:
-                        entities.append(more)
-                post = Post(index=len(self.posts), realm=realm, entities=entities)
+                entities = [self._entity() for _ in range(self.rng.choice([1, 1, 2, 3]))]
+                # One notification per realm, in the order the realms first appear: the order
+                # the daemon reads the entities in, which their positions must follow.
+                realms = list(dict.fromkeys(e[0] for e in entities))
+                entities.sort(key=lambda e: realms.index(e[0]))
+                post = Post(index=len(self.posts), entities=entities)
                 with self._lock:
                     self.posts.append(post)
                 try:
-                    post.status = post_webhook(self.url, legacy_body(realm, *entities))
+                    post.status = post_webhook(self.url, _legacy_body(realms, entities))
                 except (OSError, http.client.HTTPException):
                     post.status = None  # refused or cut off: maybe accepted, not owed
                 post.answered_at = time.time()
@@ -211,6 +212,17 @@ class Poster(threading.Thread):
             return list(self.posts)
 
 
+def _legacy_body(realms: list[str], entities: list[Posted]) -> bytes:
+    """harness.legacy_body's shape, with one notification per realm."""
+    notifications = [
+        orjson.loads(legacy_body(realm, *(e[1:] for e in entities if e[0] == realm)))[
+            "eventNotifications"
+        ][0]
+        for realm in realms
+    ]
+    return orjson.dumps({"eventNotifications": notifications})
+
+
 @dataclass
 class Layout:
     """The instances and settings of the daemon's config; the run mutates it between kills."""
@@ -220,12 +232,13 @@ class Layout:
     interval: dict[str, float] = field(default_factory=lambda: {"poll1": 0.02, "hyb2": 0.02})
     overlap: dict[str, int] = field(default_factory=lambda: {"poll1": 5, "hyb2": 5})
     poll1_present: bool = True
+    poll1_vendors: bool = False  # a resource added and removed by config changes
     workers: int = 16
     in_flight: int = 16
     durability: str = "full"
 
     SPECS = (
-        Spec("poll1", REALM_1, "polling", POLLED),
+        Spec("poll1", REALM_1, "polling", (*POLLED, "vendors")),
         Spec("hook1", REALM_1, "webhook", None),
         Spec("hyb2", REALM_2, "hybrid", POLLED),
     )
@@ -237,11 +250,14 @@ class Layout:
                 continue
             extra = ""
             if spec.vendor != "webhook":
+                urls = (
+                    [*POLLED, "vendors"] if spec.name == "poll1" and self.poll1_vendors else POLLED
+                )
                 extra = (
                     f'refresh_token = "{self.sandbox.realm_refresh_token(spec.realm)}"\n'
                     f"event.poller.refresh_interval = {self.interval[spec.name]}\n"
-                    f"event.poller.urls = {list(spec.resources or ())!r}\n".replace("'", '"')
-                    + f"event.poller.overlap = {self.overlap[spec.name]}\n"
+                    f"event.poller.urls = {orjson.dumps(list(urls)).decode()}\n"
+                    f"event.poller.overlap = {self.overlap[spec.name]}\n"
                 )
             text += instance_toml(
                 spec.name, spec.realm, self.receiver_url, vendor=spec.vendor, extra=extra
@@ -262,7 +278,7 @@ class Layout:
 
     def mutate(self, rng: random.Random) -> str:
         """One random config change; returns what it did."""
-        what = rng.choice(["interval", "overlap", "delivery", "durability", "poll1"])
+        what = rng.choice(["interval", "overlap", "delivery", "durability", "poll1", "vendors"])
         if what == "interval":
             name = rng.choice(["poll1", "hyb2"])
             self.interval[name] = rng.choice([0.01, 0.02, 0.04])
@@ -277,6 +293,9 @@ class Layout:
         if what == "durability":
             self.durability = "normal" if self.durability == "full" else "full"
             return f"durability {self.durability}"
+        if what == "vendors":
+            self.poll1_vendors = not self.poll1_vendors
+            return "poll1 vendors " + ("added" if self.poll1_vendors else "removed")
         self.poll1_present = not self.poll1_present
         return "poll1 " + ("back" if self.poll1_present else "removed")
 
@@ -323,7 +342,10 @@ def run(
     result = Result(seed=seed)
     receiver = MoodyReceiver(rng.getrandbits(32)).start()
     d = DaemonProcess(tmp, "")
-    sandbox = SandboxProcess(tmp, realms=(REALM_1, REALM_2), webhook_url=d.webhook_url)
+    webhook_format = rng.choice(["legacy", "cloudevents"])
+    sandbox = SandboxProcess(
+        tmp, realms=(REALM_1, REALM_2), webhook_url=d.webhook_url, webhook_format=webhook_format
+    )
     layout = Layout(receiver.url, sandbox)
     changer = Changer(sandbox, rng.getrandbits(32))
     poster = Poster(d.webhook_url, rng.getrandbits(32))
@@ -333,7 +355,9 @@ def run(
         d.start()
         _wait_first_polls(d)
         baseline = len(sandbox.change_log())
-        say(f"chaos seed {seed}: {kills} kills, baseline change seq {baseline}")
+        # Until its first cursor is seen, nothing of the added resource is owed.
+        since: dict[tuple[str, str], float] = {("poll1", "Vendor"): math.inf}
+        say(f"chaos seed {seed}: {kills} kills, sandbox webhooks {webhook_format}")
         changer.start()
         poster.start()
         sandbox.control("POST", "/_sandbox/generator", {"rate": 2})
@@ -352,21 +376,28 @@ def run(
             assert d.proc is not None and d.proc.returncode == -9, d.proc
             result.kills += 1
             result.early_kills += not ready
-            _check_kill_point(tmp, layout, sandbox, baseline, poster, killed[-1][1], result)
-            if rng.random() < 0.35 or (number == kills - 1 and not layout.poll1_present):
-                change = layout.mutate(rng)
-                if number == kills - 1 and not layout.poll1_present:
-                    layout.poll1_present = True
-                    change = "poll1 back"
-                result.config_changes.append(change)
+            _check_kill_point(d, layout, sandbox, baseline, since, poster, killed[-1][1], result)
+            changes = [layout.mutate(rng)] if rng.random() < 0.35 else []
+            if number == kills - 1 and not layout.poll1_present:
+                layout.poll1_present = True  # every instance is back for the final reckoning
+                changes.append("poll1 back")
+            if changes:
+                result.config_changes += changes
                 d.write_config(layout.instances(), settings=layout.settings())
+            _sandbox_faults(sandbox, rng)
             d.start(wait=False)
             ready = number == kills - 1 or rng.random() < 0.85
             if ready:
                 d.wait_ready(60)
                 sandbox.control("POST", "/_sandbox/webhooks/flush")
+        sandbox.faults(slow=0, errors=0)
         _drain(d, sandbox, receiver, changer, poster)
-        _verdict(tmp, layout, sandbox, receiver, poster, baseline, killed, result)
+        if not layout.poll1_vendors:
+            since[("poll1", "Vendor")] = math.inf
+        elif since[("poll1", "Vendor")] == math.inf:
+            _wait_first_polls(d)  # the changes have stopped: nothing of vendors is owed
+            since[("poll1", "Vendor")] = len(sandbox.change_log())
+        _verdict(d, layout, sandbox, receiver, poster, baseline, since, killed, result)
         if d.stop() != 0:
             result.problems.append(f"daemon did not exit 0 on SIGTERM: {_tail(d)}")
     finally:
@@ -394,6 +425,17 @@ def _tail(d: DaemonProcess, lines: int = 20) -> str:
     return "\n".join(d.stderr().splitlines()[-lines:])
 
 
+def _sandbox_faults(sandbox: SandboxProcess, rng: random.Random) -> None:
+    """Slow answers stretch polls, so that kills land inside them; now and then a 503."""
+    roll = rng.random()
+    if roll < 0.25:
+        sandbox.faults(slow=round(rng.uniform(0.05, 0.3), 3), errors=0)
+    elif roll < 0.35:
+        sandbox.faults(slow=0, errors=rng.choice([1, 2]), error_status=503)
+    else:
+        sandbox.faults(slow=0, errors=0)
+
+
 def _wait_first_polls(d: DaemonProcess) -> None:
     def polled() -> bool:
         instances = d.health("/status")[1]["instances"]
@@ -407,21 +449,24 @@ def _wait_first_polls(d: DaemonProcess) -> None:
 
 
 def _check_kill_point(
-    tmp: Path,
+    d: DaemonProcess,
     layout: Layout,
     sandbox: SandboxProcess,
     baseline: int,
+    since: dict[tuple[str, str], float],
     poster: Poster,
     killed_at: float,
     result: Result,
 ) -> None:
-    db = tmp / "state" / OUTBOX
+    db = d.state_dir / OUTBOX
     if not db.exists():
         return
     acked = sandbox.stats()["webhooks"]["events_acked"]
     log = sandbox.change_log()
+    if ("poll1", "vendors") in read_outbox(db)[0] and since[("poll1", "Vendor")] == math.inf:
+        since[("poll1", "Vendor")] = len(log)
     problems, checked = kill_point_problems(
-        db, layout.SPECS, log, baseline, acked, poster.snapshot(), killed_at
+        db, layout.SPECS, log, baseline, acked, poster.snapshot(), killed_at, since
     )
     result.kill_point_items += checked
     result.problems += [f"after kill {result.kills}: {p}" for p in problems]
@@ -457,18 +502,20 @@ def _drain(
 
 
 def _verdict(
-    tmp: Path,
+    d: DaemonProcess,
     layout: Layout,
     sandbox: SandboxProcess,
     receiver: MoodyReceiver,
     poster: Poster,
     baseline: int,
+    since: dict[tuple[str, str], float],
     killed: list[tuple[float, float]],
     result: Result,
 ) -> None:
-    log = [c for c in sandbox.change_log() if c["seq"] > baseline]
+    full_log = sandbox.change_log()
+    log = [c for c in full_log if c["seq"] > baseline]
     posts = poster.snapshot()
-    wants: dict[str, Want] = {s.name: want(s, log, posts) for s in layout.SPECS}
+    wants: dict[str, Want] = {s.name: want(s, log, posts, since) for s in layout.SPECS}
     try:
         wait_for(lambda: not missing(wants, receiver.snapshot()), 120, "every owed event")
     except AssertionError as exc:
@@ -486,7 +533,7 @@ def _verdict(
     result.problems += [f"order: {p}" for p in order_violations(wants, deliveries)]
     if receiver.bad_signatures:
         result.problems.append(f"{receiver.bad_signatures} deliveries with a bad signature")
-    db = tmp / "state" / OUTBOX
+    db = d.state_dir / OUTBOX
     try:
         wait_for(lambda: _rows(db) == {}, 60, "an empty outbox")
     except AssertionError as exc:
@@ -494,7 +541,7 @@ def _verdict(
     # The final cursors too, once the backlog is gone (the daemon is still up: WAL reads are fine).
     acked = sandbox.stats()["webhooks"]["events_acked"]
     problems, checked = kill_point_problems(
-        tmp / "state" / OUTBOX, layout.SPECS, log, baseline, acked, posts, time.time()
+        db, layout.SPECS, full_log, baseline, acked, posts, time.time(), since
     )
     result.kill_point_items += checked
     result.problems += [f"at the end: {p}" for p in problems]
