@@ -24,7 +24,7 @@ from qbo_events import __version__, health, health_address, logs, poll_budget
 from qbo_events import config as config_module
 from qbo_events.config import Config
 from qbo_events.errors import ConfigError, StartupError
-from qbo_events.listeners import Listener, Site
+from qbo_events.listeners import Listener, Site, raise_open_files_limit
 from qbo_events.metrics import Metrics
 from qbo_events.ops import health_app
 from qbo_events.outbox import Outbox
@@ -70,6 +70,7 @@ class Daemon:
         config = self.config
         logs.configure(config.log.level, config.log.format)
         logs.set_secrets(config.secrets())
+        raise_open_files_limit()
         for warning in poll_budget.warnings(config):
             log.warning("config warning", problem=warning)
         loop = asyncio.get_running_loop()
@@ -105,6 +106,8 @@ class Daemon:
                 on_accepted=self._wake_senders,
                 path=config.http.webhook_path,
                 max_body_bytes=config.http.max_body_bytes,
+                max_connections=config.http.max_connections,
+                read_timeout=config.http.read_timeout,
             )
             pollers = self._pollers = Pollers(
                 outbox=outbox,
@@ -240,6 +243,8 @@ class Daemon:
         self._listener.verifier_token = new.quickbooks.webhook_verifier_token
         self._listener.path = new.http.webhook_path
         self._listener.max_body_bytes = new.http.max_body_bytes
+        self._listener.max_connections = new.http.max_connections
+        self._listener.read_timeout = new.http.read_timeout
         self._outbox.max_pending = new.outbox.max_pending
         self._outbox.dedupe_window = new.outbox.dedupe_window_days * 86400
         self._sender.configure(new.delivery, targets)

@@ -35,6 +35,8 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     webhook_path: str = "/webhooks/quickbooks"
     health_listen: str = "127.0.0.1:8081"
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 2_097_152
+    max_connections: PositiveInt = 1024
+    read_timeout: Positive = 10.0
 
 
 class QuickBooksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

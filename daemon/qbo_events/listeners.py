@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 from collections.abc import Callable
 
@@ -31,6 +32,22 @@ def bind_error(key: str, address: str, exc: OSError) -> StartupError:
     else:
         cause = _CAUSES.get(exc.errno or 0) or (exc.strerror or str(exc)).lower()
     return StartupError(f"{key} {address}: {cause}")
+
+
+def raise_open_files_limit() -> int:
+    """Lift the soft limit on open files to the hard one: each webhook connection holds a
+    descriptor, and a default soft limit of 1024 is below `http.max_connections`' default plus
+    the outbox and the deliveries. Returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        # Some kernels refuse an infinite soft limit for files; a large finite one is enough.
+        wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            log.debug("cannot raise the open files limit", soft=soft, hard=hard)
+    return soft
 
 
 class Site:

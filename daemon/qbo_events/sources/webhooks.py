@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ from qbo_events.normalize import WebhookPayloadError, parse_webhook
 from qbo_events.outbox import Outbox
 from qbo_events.routing import Routes
 from qbo_events.sinks.signing import verify_intuit
+from qbo_events.sources.connections import BoundedServer
 
 log = structlog.get_logger("qbo_events.webhooks")
 
@@ -33,6 +35,8 @@ class WebhookListener:
         on_accepted: Callable[[set[str]], None],
         path: str,
         max_body_bytes: int,
+        max_connections: int = 1024,
+        read_timeout: float = 10.0,
     ) -> None:
         self._outbox = outbox
         self.routes = routes
@@ -42,6 +46,9 @@ class WebhookListener:
         self.accepting = True
         self.path = path
         self.max_body_bytes = max_body_bytes
+        self.max_connections = max_connections
+        self.read_timeout = read_timeout
+        self._server: BoundedServer | None = None
         self.counts: Counter[str] = Counter()
         self._by_status: dict[int, Any] = {}
         self._accepted = metrics.events_accepted.labels(Source.WEBHOOK.value)
@@ -50,11 +57,15 @@ class WebhookListener:
     def app(self) -> web.Server:
         """aiohttp's low-level server, with no router: the path and the body limit are read per
         request, so that a reload can change them without binding the socket again, and one
-        path needs no routing table."""
-        return web.Server(self.handle, access_log=None)
+        path needs no routing table. Its connections are bounded (see sources/connections.py);
+        the limits too are read per connection."""
+        self._server = BoundedServer(
+            self.handle, limits=lambda: (self.max_connections, self.read_timeout), access_log=None
+        )
+        return self._server
 
     def stats(self) -> dict[str, Any]:
-        return dict(self.counts)
+        return {**self.counts, **(self._server.stats() if self._server else {})}
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
         response = await self._handle(request)
@@ -76,7 +87,12 @@ class WebhookListener:
             return response
         if not self.accepting:
             return _json(503, "shutting down")
-        body = await self._read(request)
+        try:
+            body = await self._read(request)
+        except TimeoutError:
+            response = _json(408, "body not received in time")
+            response.force_close()  # what is left of the body is not worth waiting for
+            return response
         if body is None:
             return _json(413, "body too large")
         # An empty verifier token would make every body "signed" by anyone.
@@ -120,7 +136,8 @@ class WebhookListener:
             )
 
     async def _read(self, request: web.BaseRequest) -> bytes | None:
-        """The body, or None past `max_body_bytes` (checked before and while reading it)."""
+        """The body, or None past `max_body_bytes` (checked before and while reading it);
+        TimeoutError if it takes longer than `read_timeout`."""
         limit = self.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             return None
@@ -133,11 +150,12 @@ class WebhookListener:
             request.writer.output_size = 0
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.content.iter_any():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
+        async with asyncio.timeout(self.read_timeout):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
         return b"".join(chunks)
 
     async def _quarantine(self, body: bytes, reason: str) -> web.Response:
