@@ -150,7 +150,9 @@ class WebhookListener:
             request.writer.output_size = 0
         chunks: list[bytes] = []
         size = 0
-        async with asyncio.timeout(self.read_timeout):
+        # A body that came with the headers (the usual webhook) needs no timer.
+        timeout = None if request.content.is_eof() else self.read_timeout
+        async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_any():
                 size += len(chunk)
                 if size > limit:
