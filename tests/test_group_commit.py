@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 from qbo_events.errors import OutboxError
-from qbo_events.group_commit import SLOW_SAMPLES, SYNC_WITHIN, GroupCommit, _Placement
+from qbo_events.group_commit import (
+    PROBE_EVERY,
+    SLOW_SAMPLES,
+    SYNC_WITHIN,
+    GroupCommit,
+    _Placement,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -244,3 +250,21 @@ def test_sustained_slow_storage_still_moves_commits_off_the_loop_and_back() -> N
     for now, took in quick:
         placement.record(took, now, inline=not placement.on_thread(now))
     assert not placement.on_thread(quick[-1][0] + 0.1)
+
+
+async def test_a_probe_finds_the_storage_writable_again_when_nothing_else_writes(
+    tmp_path: Path,
+) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=FK_SCHEMA)
+    db.open()
+    try:
+        with pytest.raises(OutboxError):
+            await db.run(orphan)
+        assert not db.writable and db.fault is not None
+        for _ in range(int(20 * PROBE_EVERY / 0.05)):  # a deadline of twenty probes
+            if db.writable:
+                break
+            await asyncio.sleep(0.05)
+        assert db.writable and db.fault is None
+    finally:
+        await db.close()

@@ -64,7 +64,12 @@ def _parser() -> argparse.ArgumentParser:
 
     deliveries = command("deliveries", "list or re-queue deliveries", _no_action)
     actions = deliveries.add_subparsers(dest="action", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="list pending or dead-lettered deliveries")
+    listing = actions.add_parser(
+        "list",
+        help="list pending or dead-lettered deliveries",
+        description="List pending or dead-lettered deliveries. Exits 1 when there is no outbox"
+        " in state_dir (it is never created here).",
+    )
     listing.set_defaults(handler=_deliveries_list)
     with_config(listing)
     listing.add_argument("--instance", help="only this instance's deliveries")
@@ -72,7 +77,12 @@ def _parser() -> argparse.ArgumentParser:
     listing.add_argument(
         "--limit", type=int, default=100, help="list at most this many (default %(default)s)"
     )
-    again = actions.add_parser("retry", help="re-queue dead-lettered deliveries")
+    again = actions.add_parser(
+        "retry",
+        help="re-queue dead-lettered deliveries",
+        description="Re-queue dead-lettered deliveries. Exits 1 when there is no outbox in"
+        " state_dir (it is never created here), or when --instance or --event matches none.",
+    )
     again.set_defaults(handler=_deliveries_retry)
     with_config(again)
     again.add_argument("--instance", help="only this instance's dead-lettered deliveries")
