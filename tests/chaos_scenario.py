@@ -12,6 +12,7 @@ import datetime as dt
 import http.client
 import math
 import random
+import signal
 import sqlite3
 import threading
 import time
@@ -148,6 +149,12 @@ class Changer(threading.Thread):
         try:
             while not self.halt.wait(self.rng.uniform(0.0, 2 * self.pause)):
                 realm = self.rng.choice([REALM_1, REALM_2])
+                if self.rng.random() < 0.02:  # a burst: one poll meets many new objects
+                    count = self.rng.randint(20, 60)
+                    self.made += len(
+                        self.sandbox.change("Invoice", "Create", count, realm_id=realm)
+                    )
+                    continue
                 entity = self.rng.choice(
                     ["Invoice", "Customer"] if self.rng.random() < 0.5 else catalog.ENTITIES
                 )
@@ -305,6 +312,9 @@ class Result:
     seed: int
     kills: int = 0
     early_kills: int = 0  # before the daemon said it was ready
+    kills_in_reload: int = 0  # within a second of a SIGHUP with a config change
+    kills_in_stop: int = 0  # during a graceful stop (SIGTERM)
+    graceful: int = 0  # SIGTERMs that finished before their kill came
     config_changes: list[str] = field(default_factory=list)
     changes: int = 0
     posts: int = 0
@@ -320,16 +330,23 @@ class Result:
 
     def summary(self) -> str:
         d = self.duplicates
-        return (
-            f"chaos seed {self.seed}: {self.kills} kills survived ({self.early_kills} before ready,"
-            f" {len(self.config_changes)} restarts with a config change); {self.changes} sandbox"
-            f" changes, {self.posts} webhook posts ({self.posts_ok} answered 200);"
-            f" {self.deliveries} 2xx deliveries, {self.events_checked} events checked,"
-            f" {self.ordered_objects} objects order-checked, {self.kill_point_items} kill-point"
-            f" checks; duplicates {d.total} (in flight at a kill {d.by_kill}, answered after"
-            f" the sender had gone {d.late}, most at one kill {d.worst_kill},"
-            f" worst ack lag {d.worst_ack_lag:.2f} s); receiver answers {self.answers};"
-            f" wall {self.wall:.1f} s"
+        return "; ".join(
+            [
+                f"chaos seed {self.seed}: {self.kills} kills survived ({self.early_kills} before"
+                f" ready, {self.kills_in_reload} after a reload, {self.kills_in_stop} during a"
+                f" graceful stop), {self.graceful} graceful stops, {len(self.config_changes)}"
+                " config changes",
+                f"{self.changes} sandbox changes, {self.posts} webhook posts ({self.posts_ok}"
+                " answered 200)",
+                f"{self.deliveries} 2xx deliveries, {self.events_checked} events checked,"
+                f" {self.ordered_objects} objects order-checked, {self.kill_point_items}"
+                " kill-point checks",
+                f"duplicates {d.total} (in flight at a kill {d.by_kill}, answered after the"
+                f" sender had gone {d.late}, most at one kill {d.worst_kill}, worst ack lag"
+                f" {d.worst_ack_lag:.2f} s)",
+                f"receiver answers {self.answers}",
+                f"wall {self.wall:.1f} s",
+            ]
         )
 
 
@@ -362,7 +379,7 @@ def run(
         poster.start()
         sandbox.control("POST", "/_sandbox/generator", {"rate": 2})
         ready = True
-        for number in range(kills):
+        while result.kills < kills:
             # Mostly a life of up to `lifetime` s; now and then a kill within moments of start.
             early = rng.random() < 0.2
             life = rng.uniform(0.0, 0.6) if early else rng.uniform(0.2, lifetime)
@@ -370,15 +387,14 @@ def run(
                 life = rng.uniform(0.0, 1.0)
             if threading.Event().wait(life) or d.proc is None or d.proc.poll() is not None:
                 raise AssertionError(f"daemon died by itself: {_tail(d)}")
-            sent = time.time()
-            d.kill9()
-            killed.append((sent, time.time()))
-            assert d.proc is not None and d.proc.returncode == -9, d.proc
-            result.kills += 1
-            result.early_kills += not ready
-            _check_kill_point(d, layout, sandbox, baseline, since, poster, killed[-1][1], result)
+            kill = _end_life(d, layout, rng, ready, result)
+            if kill is not None:
+                killed.append(kill)
+            down = kill[1] if kill is not None else time.time()
+            _check_kill_point(d, layout, sandbox, baseline, since, poster, down, result)
+            last = result.kills == kills
             changes = [layout.mutate(rng)] if rng.random() < 0.35 else []
-            if number == kills - 1 and not layout.poll1_present:
+            if last and not layout.poll1_present:
                 layout.poll1_present = True  # every instance is back for the final reckoning
                 changes.append("poll1 back")
             if changes:
@@ -386,7 +402,7 @@ def run(
                 d.write_config(layout.instances(), settings=layout.settings())
             _sandbox_faults(sandbox, rng)
             d.start(wait=False)
-            ready = number == kills - 1 or rng.random() < 0.85
+            ready = last or rng.random() < 0.85
             if ready:
                 d.wait_ready(60)
                 sandbox.control("POST", "/_sandbox/webhooks/flush")
@@ -423,6 +439,40 @@ def _rows(db: Path) -> dict[str, int]:
 
 def _tail(d: DaemonProcess, lines: int = 20) -> str:
     return "\n".join(d.stderr().splitlines()[-lines:])
+
+
+def _end_life(
+    d: DaemonProcess, layout: Layout, rng: random.Random, ready: bool, result: Result
+) -> tuple[float, float] | None:
+    """SIGKILL, sometimes during a reload with a config change or during a graceful stop.
+    Returns (when the kill was sent, when the daemon was gone), or None if it stopped by itself
+    first: then nothing may come twice on its account."""
+    assert d.proc is not None
+    how = rng.choices(["kill", "reload", "term"], [0.75, 0.15, 0.1])[0] if ready else "kill"
+    if how == "reload":
+        result.config_changes.append("reload: " + layout.mutate(rng))
+        d.write_config(layout.instances(), settings=layout.settings())
+        d.signal(signal.SIGHUP)
+        threading.Event().wait(rng.uniform(0.0, 1.0))
+    elif how == "term":
+        d.signal(signal.SIGTERM)
+        threading.Event().wait(rng.uniform(0.0, 0.6))
+        if d.proc.poll() is not None:
+            result.graceful += 1
+            if d.proc.returncode != 0:
+                result.problems.append(f"SIGTERM: exit {d.proc.returncode}: {_tail(d)}")
+            return None
+    sent = time.time()
+    d.kill9()
+    gone = time.time()
+    # A graceful stop may finish between the look above and the kill.
+    if d.proc.returncode != -9 and not (how == "term" and d.proc.returncode == 0):
+        raise AssertionError(f"daemon exited {d.proc.returncode} before its kill: {_tail(d)}")
+    result.kills += 1
+    result.early_kills += not ready
+    result.kills_in_reload += how == "reload"
+    result.kills_in_stop += how == "term"
+    return sent, gone
 
 
 def _sandbox_faults(sandbox: SandboxProcess, rng: random.Random) -> None:
