@@ -93,6 +93,12 @@ class WebhookListener:
             response = _json(408, "body not received in time")
             response.force_close()  # what is left of the body is not worth waiting for
             return response
+        except web.RequestPayloadError:
+            # A Content-Encoding (gzip, deflate) the bytes do not match, or broken chunking:
+            # there is no body to check a signature over, now or on a retry.
+            response = _json(400, "body cannot be decoded")
+            response.force_close()
+            return response
         if body is None:
             return _json(413, "body too large")
         # An empty verifier token would make every body "signed" by anyone.
