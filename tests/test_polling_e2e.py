@@ -301,14 +301,21 @@ def test_rotated_refresh_token_survives_a_restart(
     (tmp_path / "fresh").mkdir()
     fresh = DaemonProcess(tmp_path / "fresh", config, settings=sandbox.quickbooks_settings())
     try:
-        fresh.start()
+        # Not ready once refused (its only instance cannot work), so no wait for /readyz.
+        fresh.start(wait=False)
 
         def refused() -> bool:
-            return fresh.health("/status")[1]["instances"]["acme"].get("state") == (
-                "needs re-authorization"
-            )
+            try:
+                status = fresh.health("/status")[1]
+            except OSError:  # not listening yet
+                return False
+            return status["instances"]["acme"].get("state") == "needs re-authorization"
 
         wait_for(refused, 20, "the original refresh token to be refused")
+        assert fresh.health("/readyz") == (
+            503,
+            {"status": "not ready", "reasons": ["instance acme: needs re-authorization"]},
+        )
         loop = loops(fresh, "acme")["invoices"]
         assert loop["state"] == "needs re-authorization" and "invalid_grant" in loop["last_error"]
         assert sandbox.stats()["requests"]["token 400"] == 1
