@@ -53,7 +53,7 @@ from qbo_events.sandbox import catalog
 REALM_1 = "9341453908128517"
 REALM_2 = "4620816366771202"
 OUTBOX = "outbox.sqlite3"
-TIMEOUT = 2.0  # delivery.timeout: a long hang outlasts it, a short one stays well inside it
+TIMEOUT = 3.0  # delivery.timeout: a long hang outlasts it, a short one stays well inside it
 # Many short retries: a bad spell of the receiver lasts seconds, so nothing is dead-lettered.
 RETRY_SCHEDULE = [0.1, 0.2, 0.3] + [0.5] * 57
 POLLED = ("invoices", "customers")
