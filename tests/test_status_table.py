@@ -85,3 +85,22 @@ def test_short_values_keep_the_familiar_layout() -> None:
     rows = table(render(status()))
     assert any(row.split()[:3] == ["acme", "invoices", "waiting"] for row in rows)
     assert any(row.split()[:3] == ["globex", "-", "webhook"] for row in rows)
+
+
+def test_why_the_daemon_is_not_ready_degraded_or_unwatched_is_shown() -> None:
+    text = render(
+        {
+            **status(),
+            "ready": False,
+            "reasons": ["outbox cannot write: database or disk is full"],
+            "degraded": ["instance acme: needs re-authorization"],
+            "watchdog": {"interval": 15.0, "withheld": ["senders: no dispatch for 75 s"]},
+        }
+    )
+    head = text.splitlines()[:4]
+    assert "NOT READY" in head[0]
+    assert head[1:4] == [
+        "not ready: outbox cannot write: database or disk is full",
+        "degraded: instance acme: needs re-authorization",
+        "watchdog withheld: senders: no dispatch for 75 s",
+    ]

@@ -353,7 +353,8 @@ class Daemon:
             "uptime": round(time.time() - self.started_at, 3),
             "config": str(self.config_path),
             "last_reload": self.last_reload,
-            "ready": not self.readiness(),
+            "ready": not (reasons := self.readiness()),
+            "reasons": reasons,
             "degraded": self.degraded(),
             "watchdog": {
                 "interval": self.notifier.watchdog_interval(),

@@ -77,6 +77,10 @@ def render(status: dict[str, Any]) -> str:
         f"qbo-events {status.get('version', '?')}, up {status.get('uptime', 0):.0f} s, "
         f"{'ready' if status.get('ready') else 'NOT READY'}, config {status.get('config')}",
     ]
+    for label, key in (("not ready", "reasons"), ("degraded", "degraded")):
+        lines += [f"{label}: {reason}" for reason in status.get(key) or ()]
+    withheld = (status.get("watchdog") or {}).get("withheld") or ()
+    lines += [f"watchdog withheld: {reason}" for reason in withheld]
     reload = status.get("last_reload") or {}
     if reload.get("at"):
         result = "ok" if reload.get("ok") else f"REJECTED: {'; '.join(reload.get('error') or [])}"
