@@ -173,9 +173,7 @@ def change_from_object(realm_id: str, entity: str, obj: dict[str, Any]) -> Chang
         # call that a Delete.
         event_type = EventType.DELETED
     else:
-        created = meta.get("CreateTime") if isinstance(meta, dict) else None
-        same = created is not None and qbtime.parse(created) == qbtime.parse(updated)
-        event_type = EventType.CREATED if same else EventType.UPDATED
+        event_type = EventType.CREATED if _created_at(meta, updated) else EventType.UPDATED
     return Change(
         realm_id=realm_id,
         entity=canonical_entity(entity),
@@ -185,6 +183,15 @@ def change_from_object(realm_id: str, entity: str, obj: dict[str, Any]) -> Chang
         source=Source.POLLING,
         raw=obj,
     )
+
+
+def _created_at(meta: dict[str, Any] | None, updated: object) -> bool:
+    """Whether the object was last updated when it was created. An unreadable CreateTime says
+    no: it only tells a create from an update, so it must not cost the change itself."""
+    try:
+        return qbtime.parse((meta or {}).get("CreateTime")) == qbtime.parse(updated)
+    except ValueError:
+        return False
 
 
 def _dict(value: object, where: str) -> dict[str, Any]:
