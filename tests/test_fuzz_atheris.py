@@ -8,14 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "fuzz" / "webhook_parser.py"
 SEEDS = ROOT / "fuzz" / "corpus" / "webhook"
 SECONDS = int(os.environ.get("QBO_FUZZ_SECONDS", "8"))
-
-pytest.importorskip("atheris")
 
 
 def fuzz(tmp_path: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
