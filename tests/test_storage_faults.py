@@ -96,7 +96,10 @@ def test_a_full_disk_refuses_intake_keeps_what_was_accepted_and_recovers_without
     instances = instance_toml("hooks", WEBHOOK_REALM, receiver.url) + polling_instance(
         sandbox, "acme", receiver.url, '["invoices"]', interval=0.02
     )
-    d = daemon_factory(instances, settings=sandbox.quickbooks_settings())
+    # Retries a second apart, forty of them: the refused events must outlast the test's slow
+    # moments without being dead-lettered.
+    retries = "[delivery]\nretry_schedule = [" + ", ".join(["1"] * 40) + "]\n"
+    d = daemon_factory(instances, settings=sandbox.quickbooks_settings() + retries)
     with tmpfs(d.state_dir, "4m"):
         outbox = d.state_dir / "outbox.sqlite3"
         d.start()
