@@ -247,6 +247,9 @@ def test_a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first(
             f"qbo-events: state_dir {first.state_dir} is in use by another qbo-events"
             f" (pid {first.proc.pid})"
         ]
+        lock = first.state_dir / "daemon.lock"
+        assert lock.stat().st_mode & 0o777 == 0o600
+        assert lock.read_text().strip() == str(first.proc.pid)
         # The read-only commands and `deliveries retry` work beside the running daemon.
         assert first.post(webhook(1)) == 200
         wait_for(lambda: first.health("/status")[1]["outbox"]["dead"] == 1, 30, "dead letter")
