@@ -322,6 +322,15 @@ def test_the_spec_example_error_names_the_second_instance() -> None:
             "[http]\nhealth_listen = '1.2.3.4:99999'",
             "http.health_listen: expected host:port, got '1.2.3.4:99999'",
         ),
+        # Digits of other scripts pass str.isdigit(); int() reads "٣" as 3 and "²" not at all.
+        (
+            "[http]\nwebhook_listen = ':\u0663'",
+            "http.webhook_listen: expected host:port, got ':\u0663'",
+        ),
+        (
+            "[http]\nhealth_listen = ':\u00b2'",
+            "http.health_listen: expected host:port, got ':\u00b2'",
+        ),
         ("[http]\nwebhook_path = 'hooks'", "http.webhook_path: must start with /"),
         ("[instances]\nname = 'x'", "instances: expected an array of tables ([[instances]])"),
     ],

@@ -441,7 +441,7 @@ def _resolve_secrets(
 def parse_listen(value: str) -> tuple[str, int]:
     """`host:port`, `[v6]:port` or `:port` (all addresses) -> (host, port)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected host:port, got {value!r}")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port)

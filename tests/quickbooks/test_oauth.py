@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import socket
 import time
 
 import anyio
 import pytest
 from aiohttp import web
-from qbo_events.errors import NeedsReauthorization, QuickBooksAuthError, QuickBooksUnavailable
+from qbo_events.errors import (
+    NeedsReauthorization,
+    QuickBooksAuthError,
+    QuickBooksRateLimited,
+    QuickBooksUnavailable,
+)
 from qbo_events.quickbooks.oauth import Tokens, exchange_code
 
 ONE = "SELECT * FROM Customer MAXRESULTS 1"
@@ -242,3 +248,39 @@ async def test_never_connected_needs_authorization(qbo, store, make_manager) -> 
     await store.save_tokens("acme", Tokens(refresh_token=connection["refresh_token"]))
     assert await tokens.access_token()
     assert not tokens.needs_reauthorization
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("header", "low", "high"),
+    [
+        ("1e400", 0.0, 86400.0),  # float() reads this as infinity: the realm would never poll again
+        ("inf", 0.0, 86400.0),
+        ("Wed, 21 Oct 2065 07:28:00 GMT", 0.0, 86400.0),  # a date, far ahead: capped
+        ("in 600 s", 500.0, 600.0),  # an HTTP-date ten minutes ahead, made when the test runs
+        ("7", 7.0, 7.0),
+    ],
+)
+async def test_a_throttling_token_endpoint_is_waited_out_for_a_bounded_time(
+    qbo, make_manager, header: str, low: float, high: float
+) -> None:
+    if header == "in 600 s":
+        header = email.utils.formatdate(time.time() + 600, usegmt=True)
+
+    async def throttling(request: web.Request) -> web.Response:
+        return web.Response(status=429, text="{}", headers={"Retry-After": header})
+
+    app = web.Application()
+    app.router.add_post("/token", throttling)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        q = await qbo()
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}/token"
+        tokens = make_manager(q.sandbox, token_url=url)
+        with pytest.raises(QuickBooksRateLimited) as caught:
+            await tokens.access_token()
+        assert low <= caught.value.retry_after <= high
+    finally:
+        await runner.cleanup()

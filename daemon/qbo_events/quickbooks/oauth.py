@@ -19,6 +19,7 @@ from qbo_events.errors import (
     QuickBooksRateLimited,
     QuickBooksUnavailable,
 )
+from qbo_events.sinks.retry import parse_retry_after
 
 DEFAULT_TOKEN_URL: Final = "https://oauth.platform.intuit.com/oauth2/v1/tokens/bearer"
 API_BASES: Final = {
@@ -28,6 +29,8 @@ API_BASES: Final = {
 # Refresh this long before the access token expires, so no request carries one that dies in flight.
 REFRESH_MARGIN: Final = 300.0
 _TOKEN_TIMEOUT: Final = aiohttp.ClientTimeout(total=30)
+# A 429 without a readable Retry-After waits as long as the API's 429s do (SPEC 7.1: 60 s).
+_THROTTLED_WAIT: Final = 60.0
 
 log = structlog.get_logger(__name__)
 
@@ -332,8 +335,11 @@ async def _token_request(
             f"token endpoint refused the grant ({reason})", status=status, intuit_tid=tid
         )
     if status == 429:
+        wait = parse_retry_after(retry_after, time.time())
         raise QuickBooksRateLimited(
-            "token endpoint is throttling", retry_after=_seconds(retry_after, 60.0), intuit_tid=tid
+            "token endpoint is throttling",
+            retry_after=_THROTTLED_WAIT if wait is None else wait,
+            intuit_tid=tid,
         )
     if status >= 500:
         raise QuickBooksUnavailable(
@@ -347,10 +353,3 @@ def _basic_auth(client_id: str, client_secret: str) -> str:
     # client_secret_basic as Intuit's own clients send it: the raw id and secret, UTF-8.
     pair = f"{client_id}:{client_secret}".encode()
     return "Basic " + base64.b64encode(pair).decode("ascii")
-
-
-def _seconds(value: str, default: float) -> float:
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return default
