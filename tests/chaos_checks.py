@@ -228,6 +228,31 @@ def order_violations(wants: dict[str, Want], deliveries: Sequence[dict[str, Any]
     return problems
 
 
+def seq_order_violations(
+    deliveries: Sequence[dict[str, Any]], seqs: dict[str, int]
+) -> tuple[list[str], int]:
+    """The same promise, for every instance (hybrid too), against the acceptance order itself:
+    the outbox's seq of each event seen undelivered at a kill. Returns (problems, objects)."""
+    first: dict[str, tuple[float, str, Key]] = {}
+    for d in deliveries:
+        if d["id"] in seqs and (d["id"] not in first or d["began"] < first[d["id"]][0]):
+            first[d["id"]] = (d["began"], d["instance"], d["key"])
+    objects: dict[tuple[str, str, str], list[tuple[float, int, Key]]] = {}
+    for event, (began, instance, key) in first.items():
+        objects.setdefault((instance, key[0], key[1]), []).append((began, seqs[event], key))
+    problems = []
+    checked = 0
+    for obj, seen in objects.items():
+        if len(seen) < 2:
+            continue
+        checked += 1
+        seen.sort()
+        for (_, s1, k1), (_, s2, k2) in itertools.pairwise(seen):
+            if s2 < s1:
+                problems.append(f"{obj}: {k2} (outbox seq {s2}) delivered after {k1} (seq {s1})")
+    return problems, checked
+
+
 def ordered_objects(wants: dict[str, Want], deliveries: Sequence[dict[str, Any]]) -> int:
     """How many (instance, object) pairs had two or more ranked events delivered."""
     counts: dict[tuple[str, str, str], int] = {}
@@ -252,6 +277,15 @@ def read_outbox(db: Path) -> tuple[dict[tuple[str, str], str], set[str]]:
     finally:
         conn.close()
     return cursors, accepted
+
+
+def pending_seqs(db: Path) -> dict[str, int]:
+    """eventId -> outbox seq of every row not yet delivered, read-only."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {e: seq for e, seq in conn.execute("SELECT event_id, seq FROM outbox")}
+    finally:
+        conn.close()
 
 
 def _event_id(instance: str, realm: str, entity: str, object_id: str, kind: str, date: str) -> str:

@@ -36,7 +36,9 @@ from chaos_checks import (
     missing,
     order_violations,
     ordered_objects,
+    pending_seqs,
     read_outbox,
+    seq_order_violations,
     want,
 )
 from harness import (
@@ -322,6 +324,8 @@ class Result:
     deliveries: int = 0
     events_checked: int = 0
     ordered_objects: int = 0
+    seq_ordered_objects: int = 0
+    seqs: dict[str, int] = field(default_factory=dict, repr=False)  # outbox seq by eventId
     kill_point_items: int = 0
     duplicates: Duplicates = field(default_factory=Duplicates)
     answers: dict[str, int] = field(default_factory=dict)
@@ -339,8 +343,8 @@ class Result:
                 f"{self.changes} sandbox changes, {self.posts} webhook posts ({self.posts_ok}"
                 " answered 200)",
                 f"{self.deliveries} 2xx deliveries, {self.events_checked} events checked,"
-                f" {self.ordered_objects} objects order-checked, {self.kill_point_items}"
-                " kill-point checks",
+                f" {self.ordered_objects} objects order-checked ({self.seq_ordered_objects}"
+                f" also by outbox seq), {self.kill_point_items} kill-point checks",
                 f"duplicates {d.total} (in flight at a kill {d.by_kill}, answered after the"
                 f" sender had gone {d.late}, most at one kill {d.worst_kill}, worst ack lag"
                 f" {d.worst_ack_lag:.2f} s)",
@@ -513,6 +517,7 @@ def _check_kill_point(
         return
     acked = sandbox.stats()["webhooks"]["events_acked"]
     log = sandbox.change_log()
+    result.seqs.update(pending_seqs(db))
     if ("poll1", "vendors") in read_outbox(db)[0] and since[("poll1", "Vendor")] == math.inf:
         since[("poll1", "Vendor")] = len(log)
     problems, checked = kill_point_problems(
@@ -581,6 +586,8 @@ def _verdict(
         f"duplicate not in flight at a kill: {p}" for p in result.duplicates.unjustified
     ]
     result.problems += [f"order: {p}" for p in order_violations(wants, deliveries)]
+    by_seq, result.seq_ordered_objects = seq_order_violations(deliveries, result.seqs)
+    result.problems += [f"order: {p}" for p in by_seq]
     if receiver.bad_signatures:
         result.problems.append(f"{receiver.bad_signatures} deliveries with a bad signature")
     db = d.state_dir / OUTBOX

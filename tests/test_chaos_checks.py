@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from chaos_checks import Post, Spec, duplicates, invented, missing, order_violations, want
+from chaos_checks import (
+    Post,
+    Spec,
+    duplicates,
+    invented,
+    missing,
+    order_violations,
+    seq_order_violations,
+    want,
+)
 
 R = "111"
 POLL = Spec("p", R, "polling", ("invoices",))
@@ -73,3 +82,12 @@ def test_first_deliveries_must_follow_acceptance_order_per_object() -> None:
     assert len(order_violations(wants, swapped)) == 1
     # Other objects do not constrain each other.
     assert order_violations(wants, [delivery("h", LOG[2], 0.5), *in_order]) == []
+
+
+def test_first_deliveries_must_follow_the_outbox_seq_per_object() -> None:
+    a, b = delivery("x", LOG[0], 1.0, "evt_a"), delivery("x", LOG[1], 2.0, "evt_b")
+    assert seq_order_violations([a, b], {"evt_a": 5, "evt_b": 9}) == ([], 1)
+    problems, checked = seq_order_violations([a, b], {"evt_a": 9, "evt_b": 5})
+    assert checked == 1 and len(problems) == 1
+    # An event never seen undelivered has no seq and constrains nothing.
+    assert seq_order_violations([a, b], {"evt_b": 5}) == ([], 0)
