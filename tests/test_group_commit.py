@@ -10,14 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from qbo_events.commit_placement import SLOW_SAMPLES, Placement
 from qbo_events.errors import OutboxError
-from qbo_events.group_commit import (
-    PROBE_EVERY,
-    SLOW_SAMPLES,
-    SYNC_WITHIN,
-    GroupCommit,
-    _Placement,
-)
+from qbo_events.group_commit import PROBE_EVERY, SYNC_WITHIN, GroupCommit
 
 pytestmark = pytest.mark.anyio
 
@@ -216,7 +211,7 @@ async def test_a_failed_commit_fails_its_batch_and_the_next_one_commits(
 
 def transitions(series: list[tuple[float, float]], slow: float = 0.005) -> int:
     """Feed (monotonic time, commit seconds) pairs; count the moves between loop and thread."""
-    placement = _Placement(slow)
+    placement = Placement(slow)
     moves, threaded = 0, False
     for now, took in series:
         on_thread = placement.on_thread(now)
@@ -243,7 +238,7 @@ def test_a_noisy_idle_machine_does_not_flip_the_placement_back_and_forth() -> No
 def test_sustained_slow_storage_still_moves_commits_off_the_loop_and_back() -> None:
     slow = [(t * 0.01, 0.02) for t in range(200)]  # two seconds of 20 ms commits
     quick = [(2.0 + t * 0.1, 3e-4) for t in range(1200)]  # then two minutes of quick ones
-    placement = _Placement(0.005)
+    placement = Placement(0.005)
     for now, took in slow:
         placement.record(took, now, inline=not placement.on_thread(now))
     assert placement.on_thread(2.0)

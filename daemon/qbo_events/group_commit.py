@@ -8,10 +8,9 @@ committed rows and never wait for a commit; reads that scan large tables run on 
 
 The COMMIT (with durability "full", an fsync) runs on the loop too while storage is quick: a
 commit blocks it for well under a millisecond, where handing it to a thread cost three times
-that in the thread's wake-up on a busy machine. When the moving average of commit times passes
-`SLOW_COMMIT`, commits move to the helper thread so that the loop keeps serving, and come back
-once they have been quick for a while (`QUICK_FOR`): one slow fsync on an idle machine moves
-nothing.
+that in the thread's wake-up on a busy machine. When commits turn slow, they move to the helper
+thread so that the loop keeps serving, and come back once they have been quick for a while
+(`commit_placement`): one slow fsync on an idle machine moves nothing.
 
 Every failure of the storage reaches callers as `OutboxError`. A failed commit, or an operation
 failing on the storage itself (a full disk, an I/O error, a read-only file), makes the database
@@ -28,13 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import os
 import sqlite3
-import struct
 import time
-import urllib.parse
-from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,7 +36,19 @@ from typing import Any, TypeVar
 
 import structlog
 
+from qbo_events.commit_placement import SLOW_COMMIT, Placement
 from qbo_events.errors import OutboxClosed, OutboxError
+from qbo_events.sqlite_files import (
+    ReaderThread,
+    check_header,
+    connect_reader,
+    connect_writer,
+    describe,
+    free_bytes,
+    fsync_file,
+    is_storage_fault,
+    wal_path,
+)
 
 log = structlog.get_logger("qbo_events.outbox")
 T = TypeVar("T")
@@ -52,62 +58,11 @@ Operation = Callable[[sqlite3.Connection], Any]
 # must survive a power cut.
 Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None", bool]
 
-# Seconds, moving average, above which commits leave the loop. A quick SSD commits in 0.2-0.4 ms;
-# under a heavy webhook load on two cores, with checkpoints, the average reaches 2-3 ms, and
-# committing on the loop still takes in a quarter more webhooks a second than the thread does.
-SLOW_COMMIT = 0.005
-# Commits move by the median of the last SLOW_SAMPLES commit times, not by their average: a single
-# fsync that a busy disk holds up for 50 ms lifts an average past SLOW_COMMIT for several commits,
-# which on an idle machine flipped the placement back and forth about twenty times in 14 minutes.
-SLOW_SAMPLES = 9
-QUICK_FOR = 60.0  # seconds the median must stay below half of SLOW_COMMIT before commits return
 SYNC_WITHIN = 1.0  # seconds an unsynced commit may wait for an fsync of the WAL
 PROBE_EVERY = 1.0  # seconds between write probes while the database cannot be written
 # Below this much free space a probe is not even tried: a small write can succeed in space the
 # WAL already holds while the next real batch still fails, and the state would flap.
 PROBE_FREE_BYTES = 256 * 1024
-_WEIGHT = 0.2  # of the newest commit in the moving average
-# SQLite's primary result codes that mean the storage itself failed, not the operation:
-# PERM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
-_STORAGE_CODES = frozenset({3, 8, 10, 11, 13, 14, 26})
-_FULL = 13
-
-
-class _Placement:
-    """Where commits run: on the loop while they are quick, on the helper thread while slow."""
-
-    def __init__(self, slow: float) -> None:
-        self.slow = slow
-        self.quick = slow / 2
-        self.average = 0.0  # reported as the commit time
-        self.threaded = False
-        self._recent: deque[float] = deque(maxlen=SLOW_SAMPLES)
-        self._quick_since: float | None = None
-
-    def on_thread(self, now: float) -> bool:
-        return self.threaded
-
-    def record(self, took: float, now: float, *, inline: bool) -> None:
-        self.average += _WEIGHT * (took - self.average)
-        self._recent.append(took)
-        if len(self._recent) < SLOW_SAMPLES:
-            return
-        median = sorted(self._recent)[SLOW_SAMPLES // 2]
-        if not self.threaded:
-            if median > self.slow:
-                self.threaded = True
-                self._quick_since = None
-                log.warning(
-                    "outbox commits are slow; committing on a helper thread",
-                    median_ms=round(1000 * median, 3),
-                )
-        elif median >= self.quick:
-            self._quick_since = None
-        elif self._quick_since is None:
-            self._quick_since = now
-        elif now - self._quick_since >= QUICK_FOR:
-            self.threaded = False
-            log.info("outbox commits are quick again; committing on the event loop")
 
 
 class GroupCommit:
@@ -129,8 +84,8 @@ class GroupCommit:
         self._committer: ThreadPoolExecutor | None = None
         # Off-loop reads: whole-table scans (counts, the rescan) in one lane, the senders'
         # fetches in another, so that a /status at a million rows never holds up a delivery.
-        self._scans = _ReaderThread("outbox-scan")
-        self._fetches = _ReaderThread("outbox-fetch")
+        self._scans = ReaderThread("outbox-scan")
+        self._fetches = ReaderThread("outbox-fetch")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[Pending] = []
         self._committing = False
@@ -144,7 +99,7 @@ class GroupCommit:
         self._unwritable_since = 0.0
         self._probe_timer: asyncio.TimerHandle | None = None
         self._batch_faulted = False
-        self._placement = _Placement(slow_commit)
+        self._placement = Placement(slow_commit)
         self._synchronous = ""  # the connection's PRAGMA synchronous, as last set
         self.unsynced_commits = 0  # committed without an fsync of their own
         self._unsynced = False  # since the last fsync of the WAL
@@ -168,9 +123,11 @@ class GroupCommit:
         if not self._create and not self.path.is_file():
             raise OutboxError(f"no outbox at {self.path} (has the daemon run with this state_dir?)")
         try:
-            _check_header(self.path)
-            self._conn = _connect(self.path, self.durability, self._schema, create=self._create)
-            self._reader = _connect_reader(self.path)
+            check_header(self.path)
+            self._conn = connect_writer(
+                self.path, self.durability, self._schema, create=self._create
+            )
+            self._reader = connect_reader(self.path)
             self._scans.open(self.path)
             self._fetches.open(self.path)
         except (sqlite3.Error, OSError) as exc:
@@ -180,7 +137,7 @@ class GroupCommit:
             self._scans.close()
             self._fetches.close()
             self._conn = self._reader = None
-            raise OutboxError(f"cannot open the outbox {self.path}: {_reason(exc)}") from exc
+            raise OutboxError(f"cannot open the outbox {self.path}: {describe(exc)}") from exc
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
         self.writable = True
 
@@ -227,7 +184,7 @@ class GroupCommit:
         try:
             return op(self._reader)
         except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"outbox read failed: {_reason(exc)}") from exc
+            raise OutboxError(f"outbox read failed: {describe(exc)}") from exc
 
     async def read_off_loop(self, op: Callable[[sqlite3.Connection], T], *, scan: bool = True) -> T:
         """A read that may take long, on a reader thread: SQLite lets go of the GIL while it
@@ -239,7 +196,7 @@ class GroupCommit:
         try:
             return await lane.run(self._loop, op)
         except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"outbox read failed: {_reason(exc)}") from exc
+            raise OutboxError(f"outbox read failed: {describe(exc)}") from exc
 
     def submit(
         self,
@@ -293,9 +250,9 @@ class GroupCommit:
             outcomes, storage_error = _execute(self._conn, batch)
         except Exception as exc:  # whatever it is, the batch's callers must hear of it
             self.batches += 1
-            if _is_storage_fault(exc):
+            if is_storage_fault(exc):
                 self._unwritable(exc)
-            unavailable = OutboxError(f"outbox unavailable: {_reason(exc)}")
+            unavailable = OutboxError(f"outbox unavailable: {describe(exc)}")
             unavailable.__cause__ = exc
             _settle(batch, [(False, unavailable)] * len(batch))
             self._next()
@@ -360,7 +317,7 @@ class GroupCommit:
                 if self._sync_timer is None and self._loop is not None:
                     self._sync_timer = self._loop.call_later(SYNC_WITHIN, self._sync_wal)
         else:
-            failure = OutboxError(f"outbox commit failed: {_reason(error)}")
+            failure = OutboxError(f"outbox commit failed: {describe(error)}")
             failure.__cause__ = error
             outcomes = [(False, failure)] * len(batch)
         try:
@@ -370,7 +327,7 @@ class GroupCommit:
 
     def _unwritable(self, error: BaseException) -> None:
         """The storage failed: say so once, and probe until a write commits again."""
-        self.fault = _reason(error)
+        self.fault = describe(error)
         if not self.writable:
             return
         self.writable = False
@@ -405,7 +362,7 @@ class GroupCommit:
         if self.writable or self._conn is None or self._loop is None:
             return
         try:
-            free = _free_bytes(self.path.parent)
+            free = free_bytes(self.path.parent)
         except OSError:
             free = 0
         if free < PROBE_FREE_BYTES:
@@ -435,7 +392,7 @@ class GroupCommit:
         if not self._unsynced or self._committer is None or self._loop is None:
             return
         self._unsynced = False
-        done = self._loop.run_in_executor(self._committer, _fsync, _wal_path(self.path))
+        done = self._loop.run_in_executor(self._committer, fsync_file, wal_path(self.path))
         done.add_done_callback(self._wal_synced)
 
     def _wal_synced(self, done: asyncio.Future[None]) -> None:
@@ -443,33 +400,6 @@ class GroupCommit:
         if error is not None:
             self._unsynced = True
             log.warning("outbox: fsync of the WAL failed", error=str(error))
-
-
-class _ReaderThread:
-    """One thread with its own read-only connection."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._conn: sqlite3.Connection | None = None
-        self._thread: ThreadPoolExecutor | None = None
-
-    def open(self, path: Path) -> None:
-        self._conn = _connect_reader(path)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
-
-    async def run(
-        self, loop: asyncio.AbstractEventLoop, op: Callable[[sqlite3.Connection], T]
-    ) -> T:
-        if self._conn is None or self._thread is None:
-            raise OutboxClosed("the outbox is closed")
-        return await loop.run_in_executor(self._thread, op, self._conn)
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = self._thread = None
 
 
 def _execute(
@@ -495,7 +425,7 @@ def _execute(
                 if conn.in_transaction:  # SQLite rolls back on its own after some errors
                     conn.execute("ROLLBACK")
                 failed[index] = _translated(exc)
-                if _is_storage_fault(exc):
+                if is_storage_fault(exc):
                     storage_error = exc
                 break
         else:
@@ -506,35 +436,15 @@ def _translated(exc: Exception) -> OutboxError:
     """The one edge where storage exceptions become ours; the original stays as the cause."""
     if isinstance(exc, OutboxError):
         return exc
-    error = OutboxError(f"outbox write failed: {_reason(exc)}")
+    error = OutboxError(f"outbox write failed: {describe(exc)}")
     error.__cause__ = exc
     return error
-
-
-def _is_storage_fault(exc: BaseException) -> bool:
-    if isinstance(exc, sqlite3.Error):
-        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _STORAGE_CODES
-    return isinstance(exc, OSError)
-
-
-def _reason(exc: BaseException) -> str:
-    """What an operator reads in the log and /readyz: a full disk is named as such."""
-    full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-    if isinstance(exc, sqlite3.Error):
-        full = getattr(exc, "sqlite_errorcode", 0) & 0xFF == _FULL
-    text = str(exc) or type(exc).__name__
-    return f"disk full: {text}" if full and "full" not in text else text
 
 
 def _touch(conn: sqlite3.Connection) -> None:
     """The probe's write: the header's user_version, rewritten with its own value."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     conn.execute(f"PRAGMA user_version = {version}")
-
-
-def _free_bytes(directory: Path) -> int:
-    stat = os.statvfs(directory)
-    return stat.f_bavail * stat.f_frsize
 
 
 def _commit(conn: sqlite3.Connection) -> None:
@@ -552,21 +462,6 @@ def _timed_commit(conn: sqlite3.Connection) -> float:
     return time.monotonic() - began
 
 
-def _wal_path(path: Path) -> Path:
-    return path.with_name(path.name + "-wal")
-
-
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return  # no WAL: everything is in the database file, synced at its checkpoint
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _settle(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:
     for (_, future, on_commit, _), (ok, value) in zip(batch, outcomes, strict=True):
         if ok and on_commit is not None:
@@ -578,69 +473,3 @@ def _settle(batch: list[Pending], outcomes: list[tuple[bool, Any]]) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
-
-
-def prepare_state_dir(path: Path) -> None:
-    """The state directory is 0700: it holds tokens and the events' raw bodies."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-_MAGIC = b"SQLite format 3\x00"
-
-
-def _check_header(path: Path) -> None:
-    """Refuse, before SQLite touches it, a file that is not an SQLite database or was cut
-    short; reading the header costs nothing, where PRAGMA quick_check reads every page."""
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
-        return
-    if size == 0:
-        return  # created and never written: SQLite makes it a database
-    with path.open("rb") as f:
-        header = f.read(100)
-    if len(header) < 100 or not header.startswith(_MAGIC):
-        raise OutboxError(f"{path} is not an SQLite database; move it aside to start afresh")
-    page_size = struct.unpack(">H", header[16:18])[0]
-    page_size = 65536 if page_size == 1 else page_size
-    pages, changed, valid_for = struct.unpack(">I", header[28:32])[0], header[24:28], header[92:96]
-    wal = _wal_path(path)
-    recovering = wal.exists() and wal.stat().st_size > 0  # the WAL may hold the missing pages
-    if size % page_size or (
-        not recovering and changed == valid_for and pages and pages * page_size > size
-    ):
-        raise OutboxError(
-            f"{path} is truncated ({size} bytes, expected {pages * page_size});"
-            " restore it from a backup or move it aside to start afresh"
-        )
-
-
-def _connect(
-    path: Path, durability: str, schema: str, *, create: bool = True
-) -> sqlite3.Connection:
-    if create:
-        prepare_state_dir(path.parent)
-        # Create the file 0600 before SQLite does; its -wal and -shm files copy these
-        # permissions.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        os.chmod(path, 0o600)
-    # mode=rw: a file that has gone is an error, not a new empty outbox.
-    uri = f"file:{urllib.parse.quote(str(path))}?mode={'rwc' if create else 'rw'}"
-    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
-    # Writes run on the event loop: a command such as `deliveries retry` holding the lock may
-    # make it wait this long, and no longer.
-    conn.execute("PRAGMA busy_timeout = 1000")
-    if schema:
-        conn.executescript(schema)
-    return conn
-
-
-def _connect_reader(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA query_only = ON")
-    conn.execute("PRAGMA busy_timeout = 5000")
-    return conn

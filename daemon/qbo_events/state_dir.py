@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Final
 
 from qbo_events.errors import OutboxError, StartupError
-from qbo_events.group_commit import prepare_state_dir
 from qbo_events.outbox import Outbox
+from qbo_events.sqlite_files import prepare_state_dir
 
 LOCK_FILE: Final = "daemon.lock"
 

@@ -1,0 +1,151 @@
+"""The outbox's SQLite files: the state directory, the header check, the connections, the
+WAL's fsync, reader threads, and which SQLite errors mean the storage itself failed."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sqlite3
+import struct
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from qbo_events.errors import OutboxClosed, OutboxError
+
+T = TypeVar("T")
+# SQLite's primary result codes that mean the storage itself failed, not the operation:
+# PERM, READONLY, IOERR, CORRUPT, FULL, CANTOPEN, NOTADB.
+_STORAGE_CODES = frozenset({3, 8, 10, 11, 13, 14, 26})
+_FULL = 13
+
+
+class ReaderThread:
+    """One thread with its own read-only connection."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._conn: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
+
+    def open(self, path: Path) -> None:
+        self._conn = connect_reader(path)
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+
+    async def run(
+        self, loop: asyncio.AbstractEventLoop, op: Callable[[sqlite3.Connection], T]
+    ) -> T:
+        if self._conn is None or self._thread is None:
+            raise OutboxClosed("the outbox is closed")
+        return await loop.run_in_executor(self._thread, op, self._conn)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+        if self._conn is not None:
+            self._conn.close()
+        self._conn = self._thread = None
+
+
+def is_storage_fault(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _STORAGE_CODES
+    return isinstance(exc, OSError)
+
+
+def describe(exc: BaseException) -> str:
+    """What an operator reads in the log and /readyz: a full disk is named as such."""
+    full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    if isinstance(exc, sqlite3.Error):
+        full = getattr(exc, "sqlite_errorcode", 0) & 0xFF == _FULL
+    text = str(exc) or type(exc).__name__
+    return f"disk full: {text}" if full and "full" not in text else text
+
+
+def free_bytes(directory: Path) -> int:
+    stat = os.statvfs(directory)
+    return stat.f_bavail * stat.f_frsize
+
+
+def wal_path(path: Path) -> Path:
+    return path.with_name(path.name + "-wal")
+
+
+def fsync_file(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return  # no WAL: everything is in the database file, synced at its checkpoint
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def prepare_state_dir(path: Path) -> None:
+    """The state directory is 0700: it holds tokens and the events' raw bodies."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+_MAGIC = b"SQLite format 3\x00"
+
+
+def check_header(path: Path) -> None:
+    """Refuse, before SQLite touches it, a file that is not an SQLite database or was cut
+    short; reading the header costs nothing, where PRAGMA quick_check reads every page."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    if size == 0:
+        return  # created and never written: SQLite makes it a database
+    with path.open("rb") as f:
+        header = f.read(100)
+    if len(header) < 100 or not header.startswith(_MAGIC):
+        raise OutboxError(f"{path} is not an SQLite database; move it aside to start afresh")
+    page_size = struct.unpack(">H", header[16:18])[0]
+    page_size = 65536 if page_size == 1 else page_size
+    pages, changed, valid_for = struct.unpack(">I", header[28:32])[0], header[24:28], header[92:96]
+    wal = wal_path(path)
+    recovering = wal.exists() and wal.stat().st_size > 0  # the WAL may hold the missing pages
+    if size % page_size or (
+        not recovering and changed == valid_for and pages and pages * page_size > size
+    ):
+        raise OutboxError(
+            f"{path} is truncated ({size} bytes, expected {pages * page_size});"
+            " restore it from a backup or move it aside to start afresh"
+        )
+
+
+def connect_writer(
+    path: Path, durability: str, schema: str, *, create: bool = True
+) -> sqlite3.Connection:
+    if create:
+        prepare_state_dir(path.parent)
+        # Create the file 0600 before SQLite does; its -wal and -shm files copy these
+        # permissions.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+    # mode=rw: a file that has gone is an error, not a new empty outbox.
+    uri = f"file:{urllib.parse.quote(str(path))}?mode={'rwc' if create else 'rw'}"
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute(f"PRAGMA synchronous = {'FULL' if durability == 'full' else 'NORMAL'}")
+    # Writes run on the event loop: a command such as `deliveries retry` holding the lock may
+    # make it wait this long, and no longer.
+    conn.execute("PRAGMA busy_timeout = 1000")
+    if schema:
+        conn.executescript(schema)
+    return conn
+
+
+def connect_reader(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA query_only = ON")
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
