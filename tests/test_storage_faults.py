@@ -62,11 +62,14 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def log_events(d: DaemonProcess) -> list[str]:
+def log_events(d: DaemonProcess, *levels: str) -> list[str]:
+    """The messages the daemon logged (of these levels, when given)."""
     events = []
     for line in d.stderr().splitlines():
         with contextlib.suppress(ValueError):
-            events.append(str(json.loads(line).get("event", "")))
+            record = json.loads(line)
+            if not levels or record.get("level") in levels:
+                events.append(str(record.get("event", "")))
     return events
 
 
@@ -150,6 +153,10 @@ def test_a_full_disk_refuses_intake_keeps_what_was_accepted_and_recovers_without
         assert events.count("outbox cannot write; intake refused until it can") == 1, events
         assert events.count("outbox writable again") == 1, events
         assert not any("webhook refused" in e for e in events), events
+        # Nothing else about the storage above info: no line per request, poll or delivery.
+        # (The config's warning is about the test's short poll interval.)
+        loud = [e for e in log_events(d, "warning", "error", "critical") if e != "config warning"]
+        assert loud == ["outbox cannot write; intake refused until it can"], events
         assert d.stop() == 0
 
 
