@@ -137,3 +137,15 @@ async def test_senders_outlive_acks_that_cannot_be_written(tmp_path: Path) -> No
             assert {int(e["objectId"]) for e in receiver.events()} == {0, 1, 2}
     finally:
         receiver.stop()
+
+
+async def test_a_stored_event_that_cannot_be_decoded_is_listed_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox(path) as outbox:
+        await outbox.accept([make_event(1), make_event(2)])
+    sabotage(path, "UPDATE outbox SET body = x'c1' WHERE seq = 1;")  # 0xc1: never valid msgpack
+    async with Outbox(path, create=False) as outbox:
+        rows = await outbox.listing(dead=False, instance=None, limit=10)
+    assert [(r.seq, r.object_type) for r in rows] == [(1, "?"), (2, "invoices")]
+    assert rows[0].last_error == "the stored event cannot be decoded"
+    assert rows[0].event_id == make_event(1).event_id

@@ -304,3 +304,21 @@ def test_retry_with_no_match_says_so_and_exits_1(tmp_path: Path, daemon_factory:
     by_event = cli("deliveries", "retry", "--event", "evt_x", "--config", str(d.config_path))
     assert by_event.returncode == 1
     assert "no dead-lettered delivery with event id evt_x" in by_event.stderr
+
+
+def test_status_answers_when_the_outbox_cannot_be_counted(
+    receiver: Receiver, daemon_factory: Factory
+) -> None:
+    daemon = daemon_factory(instance_toml("acme", WEBHOOK_REALM, receiver.url)).start()
+    outbox = daemon.state_dir / "outbox.sqlite3"
+    with sqlite3.connect(outbox) as conn:
+        conn.execute("ALTER TABLE quarantine RENAME TO quarantine_hidden")
+    status, body = daemon.health("/status")
+    assert status == 200, body
+    assert "quarantine" in body["outbox"]["counts_error"]
+    assert "pending" not in body["outbox"]
+    with sqlite3.connect(outbox) as conn:
+        conn.execute("ALTER TABLE quarantine_hidden RENAME TO quarantine")
+    status, body = daemon.health("/status")
+    assert status == 200 and body["outbox"]["quarantined"] == 0
+    assert "counts_error" not in body["outbox"]

@@ -23,7 +23,7 @@ from aiohttp import web
 from qbo_events import __version__, health, health_address, logs, poll_budget
 from qbo_events import config as config_module
 from qbo_events.config import Config
-from qbo_events.errors import ConfigError, StartupError
+from qbo_events.errors import ConfigError, OutboxError, StartupError
 from qbo_events.listeners import Listener, Site, raise_open_files_limit
 from qbo_events.metrics import Metrics
 from qbo_events.ops import health_app
@@ -347,7 +347,13 @@ class Daemon:
 
     async def status(self) -> dict[str, Any]:
         config = self.config
-        counts = await self._outbox.counts() if self._outbox else None
+        counts, unread = None, {}
+        if self._outbox is not None:
+            try:
+                counts = await self._outbox.counts()
+            except OutboxError as exc:
+                # /status is where an operator looks when storage fails: answer with what is known.
+                unread = {"counts_error": str(exc)}
         return {
             "version": __version__,
             "uptime": round(time.time() - self.started_at, 3),
@@ -384,6 +390,7 @@ class Daemon:
                         "quarantined": counts.quarantined,
                     }
                 ),
+                **unread,
             },
             "deliveries": self._sender.stats() if self._sender else {},
         }

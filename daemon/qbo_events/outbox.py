@@ -104,6 +104,7 @@ class Counts(msgspec.Struct, frozen=True):
     quarantined: int
 
 
+_UNDECODABLE: Final = "the stored event cannot be decoded"
 _encode = msgspec.msgpack.Encoder().encode
 _decode_event = msgspec.msgpack.Decoder(Event).decode
 
@@ -337,7 +338,7 @@ class Outbox:
         result = await self._db.read_off_loop(op, scan=False)
         for seq in broken:
             # Kept for a person to look at, out of the senders' way.
-            await self.dead_letter(seq, 0, "the stored event cannot be decoded")
+            await self.dead_letter(seq, 0, _UNDECODABLE)
         return result
 
     async def instances_with_work(self) -> dict[str, float]:
@@ -434,15 +435,21 @@ class Outbox:
             for seq, event_id, inst, state, attempts, next_at, error, body in conn.execute(
                 sql, args
             ):
-                event = _decode_event(body)
+                try:
+                    event = _decode_event(body)
+                    change = event.change
+                    what = (event.object_type, change.object_id, change.event_type.value)
+                except msgspec.DecodeError:
+                    # Listed all the same: a person looking for trouble must see this row.
+                    what, error = ("?", "?", "?"), _UNDECODABLE
                 result.append(
                     Listing(
                         seq=seq,
                         event_id=event_id,
                         instance=inst,
-                        object_type=event.object_type,
-                        object_id=event.change.object_id,
-                        event_type=event.change.event_type.value,
+                        object_type=what[0],
+                        object_id=what[1],
+                        event_type=what[2],
                         state=state,
                         attempts=attempts,
                         next_at=next_at,
