@@ -245,6 +245,7 @@ class Layout:
     workers: int = 16
     in_flight: int = 16
     durability: str = "full"
+    max_pending: int = 1_000_000
 
     SPECS = (
         Spec("poll1", REALM_1, "polling", (*POLLED, "vendors")),
@@ -283,11 +284,14 @@ class Layout:
             f"max_in_flight_per_endpoint = {self.in_flight}\n"
             "[outbox]\n"
             f'durability = "{self.durability}"\n'
+            f"max_pending = {self.max_pending}\n"
         )
 
     def mutate(self, rng: random.Random) -> str:
         """One random config change; returns what it did."""
-        what = rng.choice(["interval", "overlap", "delivery", "durability", "poll1", "vendors"])
+        what = rng.choice(
+            ["interval", "overlap", "delivery", "durability", "poll1", "vendors", "max_pending"]
+        )
         if what == "interval":
             name = rng.choice(["poll1", "hyb2"])
             self.interval[name] = rng.choice([0.01, 0.02, 0.04])
@@ -299,6 +303,11 @@ class Layout:
         if what == "delivery":
             self.workers, self.in_flight = rng.choice([2, 8, 64]), rng.choice([1, 4, 16])
             return f"workers {self.workers} max_in_flight {self.in_flight}"
+        if what == "max_pending":
+            # Small: a bad spell of the receiver fills it, and intake pushes back (503s, polls
+            # that wait without moving their cursors).
+            self.max_pending = 40 if self.max_pending > 40 else 1_000_000
+            return f"max_pending {self.max_pending}"
         if what == "durability":
             self.durability = "normal" if self.durability == "full" else "full"
             return f"durability {self.durability}"
