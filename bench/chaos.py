@@ -4,9 +4,10 @@
     python bench/chaos.py --kills 300 --seed 7   # replay or extend one run
     python bench/chaos.py --rounds 5 --kills 40  # five seeds in a row
 
-The scenario itself lives in tests/chaos_scenario.py (and its checks in tests/chaos_checks.py),
-so the test and this script run the same thing. Prints kills survived, events checked,
-duplicates and what justified them, and wall time; exit status 1 when any promise broke.
+The scenario itself lives in tests/chaos_scenario.py (its load in tests/chaos_load.py, its
+checks in tests/chaos_checks.py), so the test and this script run the same thing. Prints kills
+survived, events checked, duplicates and what justified them, and wall time; exit status 1 when
+any promise broke.
 """
 
 from __future__ import annotations
