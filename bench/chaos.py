@@ -39,7 +39,14 @@ def main(argv: list[str]) -> int:
     failed = 0
     for round_ in range(a.rounds):
         with workdir(a.keep) as tmp:
-            result = chaos_scenario.run(tmp, seed=seed + round_, kills=a.kills, lifetime=a.lifetime)
+            try:
+                result = chaos_scenario.run(
+                    tmp, seed=seed + round_, kills=a.kills, lifetime=a.lifetime
+                )
+            except AssertionError as exc:  # a wait that timed out, a daemon that died by itself
+                print(f"chaos seed {seed + round_}: {exc}", flush=True)
+                failed += 1
+                continue
         print(result.summary(), flush=True)
         if result.config_changes:
             print("  config changes: " + "; ".join(result.config_changes))
