@@ -13,7 +13,7 @@ import contextlib
 import math
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -92,6 +92,9 @@ class Sender:
         self._targets: dict[str, Target] = dict(targets)
         self._wakeup = asyncio.Event()
         self._next_due: dict[str, float] = {}
+        # Instances marked due while a read of their rows was under way: what that read found
+        # may predate the change, so it must not put them to sleep.
+        self._woken: set[str] = set()
         # Rows fetched and not yet recorded as delivered or rescheduled, by instance: in the
         # ready queue, on the wire, or being written back.
         self._inflight: dict[str, set[int]] = defaultdict(set)
@@ -117,13 +120,17 @@ class Sender:
         self._delivery = delivery
         self._targets.update(targets)
         for name in targets:
-            self._next_due[name] = 0.0
+            self._mark_due(name)
         self._wakeup.set()
+
+    def _mark_due(self, name: str, at: float = 0.0) -> None:
+        self._next_due[name] = at
+        self._woken.add(name)
 
     def wake(self, instance: str) -> None:
         """New rows of `instance` are in the outbox."""
         if instance in self._targets:
-            self._next_due[instance] = 0.0
+            self._mark_due(instance)
             self._wakeup.set()
 
     def stats(self) -> dict[str, Any]:
@@ -141,12 +148,13 @@ class Sender:
         to take it; None when none waits or every slot is busy. Read by the watchdog."""
         if self._busy >= self._delivery.workers:
             return None
-        waiting = [
-            due
-            for name, due in self._next_due.items()
-            if name in self._targets and not self._saturated(name)
-        ]
-        return min(waiting, default=None)
+        return min(self._takeable_due(), default=None)
+
+    def _takeable_due(self) -> Iterator[float]:
+        """When each instance with a target and a free endpoint slot has work due."""
+        for name, due in self._next_due.items():
+            if name in self._targets and not self._saturated(name):
+                yield due
 
     def __repr__(self) -> str:
         return f"<Sender in_flight={self._busy} delivered={self.delivered} failed={self.failed}>"
@@ -187,12 +195,14 @@ class Sender:
             try:
                 if not self._outbox.writable:
                     # An outcome could not be recorded: a delivery now would only be sent
-                    # again later. The outbox logs the fault and probes for its end.
+                    # again later. The outbox logs the fault and probes for its end. Waiting
+                    # on purpose is progress to the watchdog: a restart would not cure it.
+                    self.last_dispatch_at = self._clock()
                     await self._sleep(_OUTBOX_TROUBLE_RETRY)
                     continue
                 if now - last_rescan > _RESCAN:
                     for name, at in (await self._outbox.instances_with_work()).items():
-                        self._next_due[name] = min(self._next_due.get(name, math.inf), at)
+                        self._mark_due(name, min(self._next_due.get(name, math.inf), at))
                     last_rescan = now
                 await self._round(deliveries, now)
             except OutboxError as exc:
@@ -212,12 +222,8 @@ class Sender:
     def _sleep_for(self, now: float) -> float | None:
         if self._busy >= self._delivery.workers:
             return None  # a finishing delivery wakes us
-        waits = [
-            due - now
-            for name, due in self._next_due.items()
-            if not self._saturated(name) and name in self._targets
-        ]
-        return max(0.0, min([*waits, _RESCAN]))
+        soonest = min(self._takeable_due(), default=math.inf)
+        return max(0.0, min(soonest - now, _RESCAN))
 
     def _saturated(self, name: str) -> bool:
         target = self._targets.get(name)
@@ -254,10 +260,11 @@ class Sender:
                 # Fetch ahead: a slot that frees up later then needs no query of its own.
                 ahead = sum(len(q) for q in self._ready.values()) < _READY_LIMIT
                 want = max(free, _FETCH_AHEAD) if ahead else free
+                self._woken.discard(name)
                 rows, later = await self._outbox.due(name, want, self._inflight[name])
                 self._inflight[name].update(row.seq for row in rows)
                 ready.extend(rows)
-                if len(rows) < want:
+                if len(rows) < want and name not in self._woken:
                     self._next_due[name] = later if later is not None else math.inf
                 target = self._targets.get(name, target)  # a reload may have come meanwhile
                 free = self._free(target)
@@ -265,7 +272,7 @@ class Sender:
                 self._start(deliveries, ready.popleft(), target)
                 free -= 1
             if ready:
-                self._next_due[name] = 0.0
+                self._mark_due(name)
 
     def _start(self, deliveries: asyncio.TaskGroup, row: Row, target: Target) -> None:
         self._busy += 1
@@ -306,7 +313,7 @@ class Sender:
             self._next_due[target.instance] = self._clock() + _OUTBOX_TROUBLE_WAIT
         else:
             # Rows waiting behind this one (same object) may go now.
-            self._next_due[target.instance] = 0.0
+            self._mark_due(target.instance)
         finally:
             self._tasks -= 1
             self._inflight[target.instance].discard(row.seq)
