@@ -861,3 +861,27 @@ def test_a_fast_poll_of_every_resource_warns_twice() -> None:
     assert len(found) == 2
     assert found[0].startswith("instances[0].event.poller.refresh_interval: 0.05 minutes")
     assert found[1].startswith("realm 1 (acme): polling makes about 440 QuickBooks calls a minute")
+
+
+@pytest.mark.parametrize(
+    ("webhook", "health", "clash"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1:8080", True),
+        ("0.0.0.0:8080", "127.0.0.1:8080", True),
+        ("127.0.0.1:8080", "0.0.0.0:8080", True),
+        ("[::]:8080", "[::1]:8080", True),
+        ("0.0.0.0:8080", "[::1]:8080", False),  # the wildcard of the other family
+        ("127.0.0.1:8080", "[::]:8080", False),
+        ("127.0.0.1:8080", "127.0.0.2:8080", False),
+        ("0.0.0.0:8080", "0.0.0.0:8081", False),
+    ],
+)
+def test_listen_addresses_clash_only_where_the_kernel_would_refuse(
+    webhook: str, health: str, clash: bool
+) -> None:
+    text = f"[http]\nwebhook_listen = '{webhook}'\nhealth_listen = '{health}'"
+    try:
+        found = load(text).http is None
+    except ConfigError as exc:
+        found = any("clashes with http.webhook_listen" in p for p in exc.problems)
+    assert found == clash

@@ -454,6 +454,18 @@ def _parse_rfc3339(value: str) -> dt.datetime:
     return parsed
 
 
+def listens_clash(a: tuple[str, int], b: tuple[str, int]) -> bool:
+    """Whether two listeners would fight over one port: the same address, or a wildcard and any
+    address of its family (asyncio binds `::` to IPv6 only)."""
+    (a_host, a_port), (b_host, b_port) = a, b
+    if a_port != b_port or a_port == 0:
+        return False
+    if a_host == b_host:
+        return True
+    wild = {"0.0.0.0", "::"} & {a_host, b_host}
+    return bool(wild) and (":" in a_host) == (":" in b_host)
+
+
 def validate(config: Config) -> list[str]:
     """The checks that span keys; each problem names its key path."""
     problems: list[str] = []
@@ -464,13 +476,7 @@ def validate(config: Config) -> list[str]:
             problems.append(f"http.{key}: {exc}")
     if not problems:
         webhook, health = config.http.webhook_listen, config.http.health_listen
-        (w_host, w_port), (h_host, h_port) = parse_listen(webhook), parse_listen(health)
-        # A wildcard takes the port on every address of its family (asyncio binds IPv6 only).
-        family = {w_host: ":" in w_host, h_host: ":" in h_host}
-        wild = [h for h in (w_host, h_host) if h in ("0.0.0.0", "::")]
-        if w_port == h_port != 0 and (
-            w_host == h_host or any(family[w] == family[h] for w in wild for h in family)
-        ):
+        if listens_clash(parse_listen(webhook), parse_listen(health)):
             problems.append(
                 f"http.health_listen: {health} clashes with http.webhook_listen {webhook}"
                 " (one port, overlapping addresses)"
