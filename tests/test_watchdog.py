@@ -160,3 +160,53 @@ async def test_pings_stop_while_a_poll_is_stuck_past_its_deadline_and_resume_aft
             daemon.request_stop()
     finally:
         daemon.notifier.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("restore_logging")
+async def test_a_poll_waiting_out_a_throttled_realm_is_not_stuck(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sandbox_factory: Callable[..., SandboxProcess],
+    receiver: Receiver,
+    systemd_socket: tuple[socket.socket, str],
+) -> None:
+    """A 429's Retry-After (up to a day) is a wait QuickBooks asked for; a restart would only
+    lose it and ask again."""
+    monkeypatch.setattr(health, "POLL_DEADLINE_FLOOR", DEADLINE)
+    sock, address = systemd_socket
+    sandbox = sandbox_factory()
+    instance = instance_toml(
+        "acme", REALM, receiver.url, vendor="polling",
+        extra=(
+            f'refresh_token = "{sandbox.refresh_token}"\n'
+            "event.poller.refresh_interval = 0.01\n"
+            'event.poller.urls = "invoices"\n'
+        ),
+    )  # fmt: skip
+    files = DaemonProcess(tmp_path, instance, settings=sandbox.quickbooks_settings())
+    daemon = Daemon(config_module.load(files.config_path), files.config_path)
+    daemon.notifier = Notifier(address, watchdog_usec=WATCHDOG_USEC)
+    pause = 6 * DEADLINE
+
+    async def throttled() -> bool:
+        realms = (await daemon.status())["quickbooks"]["realms"]  # type: ignore[index]
+        return bool(realms.get(REALM, {}).get("pauses"))
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(daemon.run())
+            await until(now(lambda: "WATCHDOG=1" in drain(sock)), "a first ping")
+            await asyncio.to_thread(sandbox.faults, throttle=1, retry_after=pause)
+            await until(throttled, "a 429 to pause the realm")
+            paused_at = time.monotonic()
+
+            async def watched() -> bool:
+                assert not daemon.notifier.withheld, daemon.notifier.withheld
+                return time.monotonic() - paused_at > pause - DEADLINE
+
+            await until(watched, "most of the pause", limit=pause + 30)
+            assert "WATCHDOG=1" in drain(sock)
+            daemon.request_stop()
+    finally:
+        daemon.notifier.close()

@@ -68,6 +68,11 @@ class RealmLimiter:
     def paused_for(self) -> float:
         return max(0.0, self._paused_until - self._clock())
 
+    @property
+    def paused_until(self) -> float:
+        """When the last pause ends, on the limiter's clock (time.monotonic by default)."""
+        return self._paused_until
+
     def stats(self) -> dict[str, object]:
         return {
             "in_flight": self.in_flight,

@@ -189,16 +189,21 @@ class Pollers:
             )
 
     def progress(self, now: float) -> list[health.PollProgress]:
-        """The polls under way, for the watchdog; `now` is time.monotonic()."""
-        return [
-            health.PollProgress(
-                name=f"{inst}/{res}",
-                silent_for=now - loop.progress_at,
-                deadline=health.poll_deadline(loop.instance.event.poller.interval_seconds),
+        """The polls under way, for the watchdog; `now` is time.monotonic(). A poll waiting out
+        its realm's 429 pause is silent on QuickBooks' orders: its silence counts from the end."""
+        polls = []
+        for (inst, res), loop in self._loops.items():
+            if loop.state != LoopState.POLLING:
+                continue
+            pause_ends = loop.client.limiter(loop.instance.realm_id).paused_until
+            polls.append(
+                health.PollProgress(
+                    name=f"{inst}/{res}",
+                    silent_for=now - max(loop.progress_at, pause_ends),
+                    deadline=health.poll_deadline(loop.instance.event.poller.interval_seconds),
+                )
             )
-            for (inst, res), loop in self._loops.items()
-            if loop.state == LoopState.POLLING
-        ]
+        return polls
 
     def instance_stats(self, name: str) -> dict[str, Any]:
         tokens = self._tokens.get(name)
