@@ -73,13 +73,26 @@ class Site:
             self.runner = await _serve(make_app(), host, port)
         except OSError as exc:
             if same_port:
-                old_host, old_port = parse_listen(old_address)
-                self.runner = await _serve(make_app(), old_host, old_port)
+                await self._restore(make_app, old_address)
             raise bind_error(self.key, address, exc) from None
         self.address = address
         if old is not None and not same_port:
             await old.cleanup()
         log.info("listening", listener=self.name, address=address)
+
+    async def _restore(self, make_app: Callable[[], Listener], address: str) -> None:
+        """Bind the old address again after a failed move; if another process took it in the
+        gap, the listener stays unbound (`/readyz` says so) until a reload binds it."""
+        try:
+            self.runner = await _serve(make_app(), *parse_listen(address))
+        except OSError as exc:
+            self.address = ""
+            log.error(
+                "listener lost: its old address could not be bound again",
+                listener=self.name,
+                address=address,
+                error=str(bind_error(self.key, address, exc)),
+            )
 
     async def close(self) -> None:
         if self.runner is not None:
