@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from qbo_events import health_address
+from qbo_events import health_address, qbtime
 from qbo_events.config import Config, parse_listen
 
 
@@ -127,7 +127,7 @@ def _loops_table(instances: dict[str, Any]) -> list[str]:
             lag = "-"
             if loop.get("cursor"):
                 try:
-                    cursor = dt.datetime.fromisoformat(loop["cursor"].replace("Z", "+00:00"))
+                    cursor = qbtime.parse(loop["cursor"])
                     lag = f"{(now - cursor).total_seconds():.0f} s"
                 except ValueError:
                     pass

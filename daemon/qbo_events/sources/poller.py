@@ -260,7 +260,7 @@ class ResourceLoop:
         )
         if stored is not None:
             self.cursor = stored
-            return dt.datetime.fromisoformat(stored.replace("Z", "+00:00"))
+            return qbtime.parse(stored)
         # First start of this (instance, resource): no backfill unless `since` asks for one.
         first = self.instance.event.poller.since_time or _utc(now)
         self.cursor = _iso(first.timestamp())

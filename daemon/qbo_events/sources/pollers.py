@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import aiohttp
 import structlog
 
-from qbo_events import health
+from qbo_events import health, qbtime
 from qbo_events.config import Config, Instance
 from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox
@@ -220,7 +219,7 @@ class Pollers:
         result: dict[str, float] = {}
         for (_, resource), loop in self._loops.items():
             if loop.cursor:
-                cursor = dt.datetime.fromisoformat(loop.cursor.replace("Z", "+00:00"))
+                cursor = qbtime.parse(loop.cursor)
                 lag = max(0.0, now - cursor.timestamp())
                 result[resource] = max(lag, result.get(resource, 0.0))
         return result
