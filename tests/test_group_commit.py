@@ -214,10 +214,9 @@ def transitions(series: list[tuple[float, float]], slow: float = 0.005) -> int:
     placement = Placement(slow)
     moves, threaded = 0, False
     for now, took in series:
-        on_thread = placement.on_thread(now)
-        moves += on_thread != threaded
-        threaded = on_thread
-        placement.record(took, now, inline=not on_thread)
+        moves += placement.threaded != threaded
+        threaded = placement.threaded
+        placement.record(took, now)
     return moves
 
 
@@ -240,11 +239,11 @@ def test_sustained_slow_storage_still_moves_commits_off_the_loop_and_back() -> N
     quick = [(2.0 + t * 0.1, 3e-4) for t in range(1200)]  # then two minutes of quick ones
     placement = Placement(0.005)
     for now, took in slow:
-        placement.record(took, now, inline=not placement.on_thread(now))
-    assert placement.on_thread(2.0)
+        placement.record(took, now)
+    assert placement.threaded
     for now, took in quick:
-        placement.record(took, now, inline=not placement.on_thread(now))
-    assert not placement.on_thread(quick[-1][0] + 0.1)
+        placement.record(took, now)
+    assert not placement.threaded
 
 
 async def test_a_probe_finds_the_storage_writable_again_when_nothing_else_writes(
@@ -262,4 +261,62 @@ async def test_a_probe_finds_the_storage_writable_again_when_nothing_else_writes
             await asyncio.sleep(0.05)
         assert db.writable and db.fault is None
     finally:
+        await db.close()
+
+
+PAD_SCHEMA = "CREATE TABLE IF NOT EXISTS pad (b BLOB);"
+
+
+def cap_at_current_size(conn: sqlite3.Connection) -> None:
+    # SQLite's own "database or disk is full" (SQLITE_FULL) for any write that needs a new page.
+    pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    conn.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+async def test_a_probe_that_shares_its_batch_with_a_failing_write_keeps_probing(
+    tmp_path: Path,
+) -> None:
+    """A probe whose batch-mate hits a full database commits, but proves nothing: the outbox
+    stays unwritable, and must keep probing until a probe commits on its own."""
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=PAD_SCHEMA)
+    db.open()
+    loop = asyncio.get_running_loop()
+    filling = True
+
+    def grow(conn: sqlite3.Connection) -> None:
+        # Hands over its successor while it runs: every batch from now on holds one of these,
+        # so the probe, whenever it comes, shares its batch with a write that fails.
+        if filling:
+            follower: asyncio.Future[None] = loop.create_future()
+            follower.add_done_callback(lambda f: f.cancelled() or f.exception())
+            db.submit(grow, follower)
+        conn.execute("INSERT INTO pad (b) VALUES (zeroblob(65536))")
+
+    watcher = sqlite3.connect(tmp_path / "o.db")
+    try:
+        await db.run(cap_at_current_size)
+        with pytest.raises(OutboxError):
+            await db.run(grow)
+        assert not db.writable and db.fault is not None and "full" in db.fault
+        seen = data_version(watcher)
+        # The probe's write (the header's user_version) changes the data version.
+        for _ in range(int(20 * PROBE_EVERY / 0.05)):
+            if data_version(watcher) != seen:
+                break
+            await asyncio.sleep(0.05)
+        assert data_version(watcher) != seen, "no probe committed"
+        assert not db.writable
+        filling = False
+        for _ in range(int(20 * PROBE_EVERY / 0.05)):  # a deadline of twenty probes
+            if db.writable:
+                break
+            await asyncio.sleep(0.05)
+        assert db.writable, "the probes stopped while the outbox was still unwritable"
+    finally:
+        filling = False
+        watcher.close()
         await db.close()

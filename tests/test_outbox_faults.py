@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,14 +16,16 @@ from qbo_events.config import DeliveryConfig
 from qbo_events.errors import OutboxError
 from qbo_events.events import Change, EventType, Source, event_id
 from qbo_events.events import Event as QboEvent
+from qbo_events.group_commit import PROBE_EVERY
 from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox
 from qbo_events.sinks.sender import Sender, Target
+from test_storage_faults import fill, tmpfs
 
 pytestmark = pytest.mark.anyio
 
 
-def make_event(n: int, instance: str = "acme") -> QboEvent:
+def make_event(n: int, instance: str = "acme", pad: int = 0) -> QboEvent:
     change = Change(
         realm_id="1",
         entity="Invoice",
@@ -30,7 +33,7 @@ def make_event(n: int, instance: str = "acme") -> QboEvent:
         event_type=EventType.CREATED,
         date="2026-01-01T00:00:00Z",
         source=Source.WEBHOOK,
-        raw={"Id": str(n)},
+        raw={"Id": str(n), "pad": "x" * pad} if pad else {"Id": str(n)},
     )
     return QboEvent(
         event_id=event_id(instance, change),
@@ -149,3 +152,129 @@ async def test_a_stored_event_that_cannot_be_decoded_is_listed_not_raised(tmp_pa
     assert [(r.seq, r.object_type) for r in rows] == [(1, "?"), (2, "invoices")]
     assert rows[0].last_error == "the stored event cannot be decoded"
     assert rows[0].event_id == make_event(1).event_id
+
+
+def undelivered(path: Path) -> int:
+    with sqlite3.connect(path) as conn:
+        return int(
+            conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0]
+        )
+
+
+async def test_a_clean_commit_on_a_full_disk_leaves_intake_refused_until_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """An ack that fits in space the WAL already holds commits on a full disk: it must not end
+    the unwritable state, or intake reopens, the next webhook fails, and the state flaps."""
+    with tmpfs(tmp_path / "state", "8m") as state:
+        path = state / "outbox.sqlite3"
+        async with Outbox(path, durability="normal") as outbox:
+            for n in range(40):  # a WAL of about 1.3 MB
+                await outbox.accept([make_event(n, pad=4000)])
+            # The WAL's frames copied into the database: the next writes reuse the WAL's space.
+            sabotage(path, "PRAGMA wal_checkpoint(PASSIVE);")
+            filler = fill(state)
+            with pytest.raises(OutboxError):
+                await outbox.accept([make_event(n, pad=4000) for n in range(1000, 1600)])
+            assert not outbox.writable and outbox.fault and "full" in outbox.fault
+            await outbox.delivered(1)  # fits: committed, on a disk with no room
+            assert outbox.pending == 39
+            await asyncio.sleep(0)
+            assert not outbox.writable, "a write that happened to fit ended the full-disk state"
+            with pytest.raises(OutboxError):
+                await outbox.accept([make_event(2000)])
+            filler.unlink()
+            await wait_until(lambda: outbox.writable, 20 * PROBE_EVERY, "the probe to find room")
+            assert await outbox.accept([make_event(2000)]) == 1
+
+
+async def test_the_rescan_corrects_pending_while_accepts_keep_committing(tmp_path: Path) -> None:
+    """Rows re-queued by another process (`deliveries retry`) must show in `pending` (what
+    max_pending bounds) after a rescan, even when the outbox never stops committing."""
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox(path, durability="normal") as outbox:
+        await outbox.accept([make_event(n) for n in range(50)])
+        for seq in range(1, 31):
+            await outbox.dead_letter(seq, 3, "HTTP 500")
+        assert outbox.pending == 20
+        sabotage(path, "UPDATE outbox SET state = 'pending' WHERE state = 'dead';")
+        stop = asyncio.Event()
+
+        async def keep_accepting(first: int) -> None:
+            n = first
+            while not stop.is_set():
+                await outbox.accept([make_event(n)])
+                n += 1
+
+        async with asyncio.TaskGroup() as group:
+            for lane in range(4):
+                group.create_task(keep_accepting(10_000 * (lane + 1)))
+            for _ in range(5):
+                await outbox.instances_with_work()
+            stop.set()
+        assert outbox.pending == undelivered(path)
+
+
+async def test_concurrent_counts_share_one_scan(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox(path) as outbox:
+        await outbox.accept([make_event(n) for n in range(10)])
+        counts = await asyncio.gather(*(outbox.counts() for _ in range(10)))
+        assert counts[0].pending == 10
+        assert all(c is counts[0] for c in counts), "each caller ran a scan of its own"
+        # Fresh again soon: a /status poll sees a new row within about a second.
+        await outbox.accept([make_event(10)])
+        seen: list[int] = []
+
+        async def newest() -> None:
+            seen.append((await outbox.counts()).pending)
+
+        for _ in range(int(10 / 0.05)):
+            await newest()
+            if seen[-1] == 11:
+                break
+            await asyncio.sleep(0.05)
+        assert seen[-1] == 11, seen
+
+
+def build_dead_rows(path: Path, rows: int, pad: int) -> None:
+    """Rows with large bodies, all dead-lettered: a count reads every one, a rescan none."""
+    body = b"\x00" * pad
+    with sqlite3.connect(path, isolation_level=None) as conn:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO outbox (event_id, instance, object_key, body, state, next_at,"
+            " accepted_at) VALUES (?, 'acme', ?, ?, 'dead', 0, 0)",
+            ((f"evt_{n}", f"k{n}", body) for n in range(rows)),
+        )
+        conn.execute("COMMIT")
+
+
+async def test_a_rescan_does_not_queue_behind_a_status_count(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox(path):
+        pass
+    build_dead_rows(path, 20_000, 3000)
+    async with Outbox(path) as outbox:
+        await outbox.accept([make_event(1)])
+        async with asyncio.TaskGroup() as group:
+            counting = group.create_task(outbox.counts())
+            await asyncio.sleep(0)  # its scan is handed to its thread
+            work = await outbox.instances_with_work()
+            rescan_first = not counting.done()
+        assert set(work) == {"acme"}
+        assert rescan_first, "the rescan waited for the count's scan"
+        assert counting.result().dead == 20_000
+
+
+async def test_read_only_commands_start_no_threads_and_count_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.sqlite3"
+    async with Outbox(path) as outbox:
+        await outbox.accept([make_event(n) for n in range(3)])
+    async with Outbox(path, create=False) as outbox:
+        rows = await outbox.listing(dead=False, instance=None, limit=10)
+        threads = [t.name for t in threading.enumerate() if t.name.startswith("outbox")]
+        assert threads == []
+        assert outbox.pending == 0  # not counted: the commands never use it
+        assert await outbox.requeue_dead(instance=None, event_id=None) == 0
+    assert len(rows) == 3

@@ -32,10 +32,7 @@ class Placement:
         self._recent: deque[float] = deque(maxlen=SLOW_SAMPLES)
         self._quick_since: float | None = None
 
-    def on_thread(self, now: float) -> bool:
-        return self.threaded
-
-    def record(self, took: float, now: float, *, inline: bool) -> None:
+    def record(self, took: float, now: float) -> None:
         self.average += _WEIGHT * (took - self.average)
         self._recent.append(took)
         if len(self._recent) < SLOW_SAMPLES:

@@ -3,8 +3,8 @@
 Callers hand writes over as operations (functions of a connection) and await their futures.
 Operations run on the event loop's thread; those handed over within one loop turn, or while a
 commit runs on the helper thread, form one batch. Reads use a second connection: they see
-committed rows and never wait for a commit; reads that scan large tables run on a reader thread
-(`read_off_loop`), so that the loop keeps serving while they do.
+committed rows and never wait for a commit; reads that scan large tables run on reader threads
+(`scan`, `fetch`, `read_pinned`), so that the loop keeps serving while they do.
 
 The COMMIT (with durability "full", an fsync) runs on the loop too while storage is quick: a
 commit blocks it for well under a millisecond, where handing it to a thread cost three times
@@ -14,8 +14,10 @@ thread so that the loop keeps serving, and come back once they have been quick f
 
 Every failure of the storage reaches callers as `OutboxError`. A failed commit, or an operation
 failing on the storage itself (a full disk, an I/O error, a read-only file), makes the database
-unwritable: one line is logged, and a probe tries a small write every `PROBE_EVERY` seconds until
-one commits, so that recovery is found even when nothing else writes.
+unwritable: one line is logged, and a probe tries a small write every `PROBE_EVERY` seconds for
+as long as it stays so, so that recovery is found even when nothing else writes. Only a batch
+that commits with none of its operations failing on the storage, with `PROBE_FREE_BYTES` free,
+makes it writable again.
 
 With durability "full", only a batch holding a durable operation is fsynced. Bookkeeping that a
 power cut may take (a delivered row's removal, a retry's new time: at worst an event is sent
@@ -47,11 +49,13 @@ from qbo_events.sqlite_files import (
     free_bytes,
     fsync_file,
     is_storage_fault,
+    storage_error,
     wal_path,
 )
 
 log = structlog.get_logger("qbo_events.outbox")
 T = TypeVar("T")
+P = TypeVar("P")
 Operation = Callable[[sqlite3.Connection], Any]
 # An operation, the future its caller awaits, what to do once it is committed (run even if the
 # caller stopped waiting, so that counters kept beside the database stay true), and whether it
@@ -60,8 +64,9 @@ Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None"
 
 SYNC_WITHIN = 1.0  # seconds an unsynced commit may wait for an fsync of the WAL
 PROBE_EVERY = 1.0  # seconds between write probes while the database cannot be written
-# Below this much free space a probe is not even tried: a small write can succeed in space the
-# WAL already holds while the next real batch still fails, and the state would flap.
+# Below this much free space no commit ends the unwritable state, and no probe is tried: a small
+# write can succeed in space the WAL already holds while the next real batch still fails, and
+# the state would flap.
 PROBE_FREE_BYTES = 256 * 1024
 
 
@@ -82,9 +87,10 @@ class GroupCommit:
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._committer: ThreadPoolExecutor | None = None
-        # Off-loop reads: whole-table scans (counts, the rescan) in one lane, the senders'
-        # fetches in another, so that a /status at a million rows never holds up a delivery.
+        # Off-loop reads, a lane each: whole-table counts (/status), the senders' rescan, and
+        # their fetches, so that a /status at a million rows never holds up a delivery.
         self._scans = ReaderThread("outbox-scan")
+        self._rescans = ReaderThread("outbox-rescan")
         self._fetches = ReaderThread("outbox-fetch")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[Pending] = []
@@ -98,7 +104,9 @@ class GroupCommit:
         self.fault: str | None = None  # why the database cannot be written, while it cannot
         self._unwritable_since = 0.0
         self._probe_timer: asyncio.TimerHandle | None = None
+        self._probing = False  # a probe's write is queued or committing
         self._batch_faulted = False
+        self._on_settled: list[Callable[[], None]] = []
         self._placement = Placement(slow_commit)
         self._synchronous = ""  # the connection's PRAGMA synchronous, as last set
         self.unsynced_commits = 0  # committed without an fsync of their own
@@ -108,13 +116,6 @@ class GroupCommit:
     @property
     def is_open(self) -> bool:
         return self._conn is not None
-
-    @property
-    def quiet(self) -> bool:
-        """Nothing queued or committing: what a read sees is all that counters kept beside
-        the database have been told of (a commit under way is visible to readers before its
-        `on_commit` has run)."""
-        return not self._committing and not self._queue
 
     def open(self) -> None:
         """Raises OutboxError naming the file when it is missing (with `create` false), is not
@@ -128,16 +129,14 @@ class GroupCommit:
                 self.path, self.durability, self._schema, create=self._create
             )
             self._reader = connect_reader(self.path)
-            self._scans.open(self.path)
-            self._fetches.open(self.path)
         except (sqlite3.Error, OSError) as exc:
             for conn in (self._conn, self._reader):
                 if conn is not None:
                     conn.close()
-            self._scans.close()
-            self._fetches.close()
             self._conn = self._reader = None
-            raise OutboxError(f"cannot open the outbox {self.path}: {describe(exc)}") from exc
+            raise storage_error(f"cannot open the outbox {self.path}", exc) from exc
+        for lane in self._lanes:
+            lane.open(self.path)
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
         self.writable = True
 
@@ -156,8 +155,8 @@ class GroupCommit:
         if self._unsynced:
             self._sync_wal()
         self._committer.shutdown(wait=True)
-        self._scans.close()
-        self._fetches.close()
+        for lane in self._lanes:
+            lane.close()
         self._conn.close()
         self._reader.close()
         self._conn = self._reader = self._committer = None
@@ -177,6 +176,10 @@ class GroupCommit:
         # A caller that stops waiting does not stop the operation: it commits all the same.
         return await future
 
+    @property
+    def _lanes(self) -> tuple[ReaderThread, ...]:
+        return self._scans, self._rescans, self._fetches
+
     def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """A quick read on the loop's thread (an index lookup, a few rows)."""
         if self._reader is None:
@@ -184,19 +187,61 @@ class GroupCommit:
         try:
             return op(self._reader)
         except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"outbox read failed: {describe(exc)}") from exc
+            raise storage_error("outbox read failed", exc) from exc
 
-    async def read_off_loop(self, op: Callable[[sqlite3.Connection], T], *, scan: bool = True) -> T:
-        """A read that may take long, on a reader thread: SQLite lets go of the GIL while it
-        steps, so the loop keeps turning. `scan` reads (whole-table counts) and the others
-        have a thread each."""
-        lane = self._scans if scan else self._fetches
+    def scan(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """A whole-table read on the scan thread (SQLite lets go of the GIL while it steps, so
+        the loop keeps turning). The future completes whether or not anyone still awaits it,
+        so that callers can share one scan."""
         if self._loop is None:
             raise OutboxClosed("the outbox is closed")
-        try:
-            return await lane.run(self._loop, op)
-        except (sqlite3.Error, OSError) as exc:
-            raise OutboxError(f"outbox read failed: {describe(exc)}") from exc
+        return asyncio.wrap_future(self._scans.submit(op), loop=self._loop)
+
+    async def fetch(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """A read that may take long, on the fetch thread: the senders' own lane."""
+        if self._loop is None:
+            raise OutboxClosed("the outbox is closed")
+        return await self._fetches.run(self._loop, op)
+
+    async def read_pinned(
+        self, pin: Callable[[], P], op: Callable[[sqlite3.Connection], T]
+    ) -> tuple[P, T]:
+        """`op` on the rescan thread, reading the database as it was when `pin()` ran on the
+        loop: at a moment when every committed batch's `on_commit` has run, so that counters
+        kept beside the database (read by `pin`) and what `op` reads agree."""
+        loop = self._loop
+        if loop is None:
+            raise OutboxClosed("the outbox is closed")
+        started: asyncio.Future[tuple[P, asyncio.Future[T]]] = loop.create_future()
+
+        def start() -> None:
+            if started.done():  # the caller stopped waiting: nothing begun, nothing to end
+                return
+            if not self._rescans.idle:  # a read its caller left is still running
+                self._rescans.when_idle(loop, lambda: self.when_settled(start))
+                return
+            try:
+                job = self._rescans.submit_pinned(op)
+                pinned = pin()
+            except (sqlite3.Error, OSError) as exc:
+                started.set_exception(storage_error("outbox read failed", exc))
+                return
+            except Exception as exc:  # the caller must hear of it, whatever it is
+                started.set_exception(exc)
+                return
+            started.set_result((pinned, asyncio.wrap_future(job, loop=loop)))
+
+        self.when_settled(start)
+        pinned, job = await started
+        return pinned, await job
+
+    def when_settled(self, then: Callable[[], None]) -> None:
+        """Call `then` on the loop now, or, while a commit runs on the helper thread (visible
+        to readers before its `on_commit` has run), right after that commit is settled."""
+        if self._committing:
+            self._on_settled.append(then)
+        else:
+            then()
 
     def submit(
         self,
@@ -247,23 +292,22 @@ class GroupCommit:
         fsync = self.durability == "full" and any(durable for *_, durable in batch)
         try:
             self._set_synchronous("FULL" if fsync else "NORMAL")
-            outcomes, storage_error = _execute(self._conn, batch)
+            outcomes, fault = _execute(self._conn, batch)
         except Exception as exc:  # whatever it is, the batch's callers must hear of it
             self.batches += 1
             if is_storage_fault(exc):
                 self._unwritable(exc)
-            unavailable = OutboxError(f"outbox unavailable: {describe(exc)}")
-            unavailable.__cause__ = exc
+            unavailable = storage_error("outbox unavailable", exc)
             _settle(batch, [(False, unavailable)] * len(batch))
             self._next()
             return
         # A batch whose own operations hit a storage fault proves nothing by committing the rest.
-        self._batch_faulted = storage_error is not None
-        if storage_error is not None:
-            self._unwritable(storage_error)
+        self._batch_faulted = fault is not None
+        if fault is not None:
+            self._unwritable(fault)
         self._committing = True
         began = time.monotonic()
-        if self._placement.on_thread(began):
+        if self._placement.threaded:
             commit = self._loop.run_in_executor(self._committer, _timed_commit, self._conn)
             commit.add_done_callback(
                 lambda done: self._committed(
@@ -272,7 +316,6 @@ class GroupCommit:
                     batch,
                     outcomes,
                     fsync=fsync,
-                    inline=False,
                 )
             )
             return
@@ -281,7 +324,7 @@ class GroupCommit:
             _commit(self._conn)
         except Exception as exc:  # whatever it is, the batch's callers must hear of it
             error = exc
-        self._committed(error, time.monotonic() - began, batch, outcomes, fsync=fsync, inline=True)
+        self._committed(error, time.monotonic() - began, batch, outcomes, fsync=fsync)
 
     def _set_synchronous(self, wanted: str) -> None:
         assert self._conn is not None
@@ -297,18 +340,21 @@ class GroupCommit:
         outcomes: list[tuple[bool, Any]],
         *,
         fsync: bool,
-        inline: bool,
     ) -> None:
         self._committing = False
         self.batches += 1
-        # /readyz reports a database that cannot commit (a full disk, say) until one succeeds.
+        # /readyz reports a database that cannot commit (a full disk, say) until a batch
+        # commits cleanly with room to spare: a write that fits in space the WAL already
+        # holds proves nothing while the disk is full.
         if error is not None:
             self._unwritable(error)
-        elif not self.writable and not self._batch_faulted:
+        elif not self.writable and not self._batch_faulted and self._has_room():
             self._writable_again()
+        if not self.writable:
+            self._schedule_probe()
         if error is None:
             self.commits += 1
-            self._placement.record(took, time.monotonic(), inline=inline)
+            self._placement.record(took, time.monotonic())
             if fsync:
                 self._unsynced = False
             elif self.durability == "full":
@@ -317,26 +363,26 @@ class GroupCommit:
                 if self._sync_timer is None and self._loop is not None:
                     self._sync_timer = self._loop.call_later(SYNC_WITHIN, self._sync_wal)
         else:
-            failure = OutboxError(f"outbox commit failed: {describe(error)}")
-            failure.__cause__ = error
-            outcomes = [(False, failure)] * len(batch)
+            outcomes = [(False, storage_error("outbox commit failed", error))] * len(batch)
         try:
             _settle(batch, outcomes)
         finally:
+            settled, self._on_settled = self._on_settled, []
+            for then in settled:
+                then()
             self._next()
 
     def _unwritable(self, error: BaseException) -> None:
         """The storage failed: say so once, and probe until a write commits again."""
         self.fault = describe(error)
-        if not self.writable:
-            return
-        self.writable = False
-        self._unwritable_since = time.monotonic()
-        log.error(
-            "outbox cannot write; intake refused until it can",
-            error=self.fault,
-            path=str(self.path),
-        )
+        if self.writable:
+            self.writable = False
+            self._unwritable_since = time.monotonic()
+            log.error(
+                "outbox cannot write; intake refused until it can",
+                error=self.fault,
+                path=str(self.path),
+            )
         self._schedule_probe()
 
     def _writable_again(self) -> None:
@@ -352,29 +398,39 @@ class GroupCommit:
         )
 
     def _schedule_probe(self) -> None:
-        if self._probe_timer is None and self._loop is not None and self._conn is not None:
+        """Idempotent: one probe at a time, timed or under way."""
+        if self._probe_timer is not None or self._probing:
+            return
+        if self._loop is not None and self._conn is not None:
             self._probe_timer = self._loop.call_later(PROBE_EVERY, self._probe)
 
+    def _has_room(self) -> bool:
+        try:
+            return free_bytes(self.path.parent) >= PROBE_FREE_BYTES
+        except OSError:
+            return False
+
     def _probe(self) -> None:
-        """A small durable write, once the file system has room again: its commit is what
-        makes the database writable (in `_committed`)."""
+        """A small durable write, once the file system has room again: a batch committing
+        cleanly is what makes the database writable (in `_committed`)."""
         self._probe_timer = None
         if self.writable or self._conn is None or self._loop is None:
             return
-        try:
-            free = free_bytes(self.path.parent)
-        except OSError:
-            free = 0
-        if free < PROBE_FREE_BYTES:
+        if not self._has_room():
             self._schedule_probe()
             return
         done: asyncio.Future[None] = self._loop.create_future()
         done.add_done_callback(self._probed)
+        self._probing = True
         self.submit(_touch, done)
 
     def _probed(self, done: asyncio.Future[None]) -> None:
-        failed = done.cancelled() or done.exception() is not None
-        if failed and not self.writable:
+        # Whatever became of the probe (its batch-mates may have failed on the storage while
+        # it committed), probing goes on for as long as the database is unwritable.
+        self._probing = False
+        if not done.cancelled():
+            done.exception()  # seen here: nobody else awaits the probe
+        if not self.writable:
             self._schedule_probe()
 
     def _next(self) -> None:
@@ -411,7 +467,7 @@ def _execute(
     if conn.in_transaction:  # left open by a ROLLBACK that failed; every BEGIN would fail
         conn.execute("ROLLBACK")
     failed: dict[int, OutboxError] = {}
-    storage_error: Exception | None = None
+    fault: Exception | None = None
     while True:
         conn.execute("BEGIN IMMEDIATE")
         outcomes: list[tuple[bool, Any]] = []
@@ -424,21 +480,12 @@ def _execute(
             except Exception as exc:
                 if conn.in_transaction:  # SQLite rolls back on its own after some errors
                     conn.execute("ROLLBACK")
-                failed[index] = _translated(exc)
+                failed[index] = storage_error("outbox write failed", exc)
                 if is_storage_fault(exc):
-                    storage_error = exc
+                    fault = exc
                 break
         else:
-            return outcomes, storage_error
-
-
-def _translated(exc: Exception) -> OutboxError:
-    """The one edge where storage exceptions become ours; the original stays as the cause."""
-    if isinstance(exc, OutboxError):
-        return exc
-    error = OutboxError(f"outbox write failed: {describe(exc)}")
-    error.__cause__ = exc
-    return error
+            return outcomes, fault
 
 
 def _touch(conn: sqlite3.Connection) -> None:

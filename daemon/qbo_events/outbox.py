@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS tokens (
 
 PENDING: Final = "pending"
 DEAD: Final = "dead"
+# Seconds a count of the rows serves /status: a monitor polling often, or many at once, then
+# costs one full scan a second at most, never a queue of them.
+COUNTS_FRESH: Final = 1.0
 
 
 class Row(msgspec.Struct, frozen=True):
@@ -113,7 +116,8 @@ class Outbox:
     """`async with Outbox(path) as outbox:` opens the database; closing commits what is queued.
 
     With `create=False` (the read-only commands) a missing outbox is an error, never a new one
-    in a new state directory."""
+    in a new state directory, and the undelivered rows are not counted (`pending` starts at 0):
+    those commands list and re-queue rows, and never take in events."""
 
     def __init__(
         self,
@@ -131,6 +135,7 @@ class Outbox:
         self.dedupe_window = dedupe_window
         self._clock = clock
         self._db = GroupCommit(path, durability, on_open=_SCHEMA, create=create)
+        self._count_on_open = create
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self.pending = 0  # undelivered, not dead: what max_pending bounds
@@ -139,6 +144,8 @@ class Outbox:
         self._last_prune = 0.0
         self._acks: list[int] = []
         self._acks_done: asyncio.Future[int] | None = None
+        self._counting: asyncio.Future[Counts] | None = None  # the scan /status callers share
+        self._counted: tuple[float, Counts] | None = None  # when that scan began, its counts
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -153,9 +160,12 @@ class Outbox:
         """Raises OutboxError naming the file when it cannot be opened or read."""
         self._loop = asyncio.get_running_loop()
         self._db.open()
+        if not self._count_on_open:
+            self._accepting = True
+            return
         try:
             # A full scan at a million rows: a fraction of a second, off the loop.
-            self.pending = await self._db.read_off_loop(_count_pending)
+            self.pending = await self._db.scan(_count_pending)
         except OutboxError as exc:
             await self._db.close()
             raise OutboxError(f"cannot read the outbox {self.path}: {exc}") from exc
@@ -177,6 +187,14 @@ class Outbox:
     def fault(self) -> str | None:
         """Why the outbox cannot be written (a full disk, say), while it cannot."""
         return self._db.fault
+
+    def log_refusal(
+        self, logger: Any, message: str, *, level: str = "warning", **fields: Any
+    ) -> None:
+        """Log a refusal caused by the outbox at `level`, or at debug while the storage itself
+        fails: the outbox has then said so once, and a line per request, poll or delivery
+        would bury that line."""
+        getattr(logger, level if self.writable else "debug")(message, **fields)
 
     def _refuse_while_unwritable(self) -> None:
         # New intake waits for the probe to find the storage writable again: a write that
@@ -335,7 +353,7 @@ class Outbox:
 
         # Off the loop: rows due by their time but waiting behind an earlier row of their object
         # (whose retry is later) are all read past, a million of them at worst.
-        result = await self._db.read_off_loop(op, scan=False)
+        result = await self._db.fetch(op)
         for seq in broken:
             # Kept for a person to look at, out of the senders' way.
             await self.dead_letter(seq, 0, _UNDECODABLE)
@@ -352,13 +370,11 @@ class Outbox:
             ).fetchall()
             return {name: at for name, at, _ in rows}, sum(count for _, _, count in rows)
 
-        # The GROUP BY reads every undelivered row: off the loop. The count is kept only if no
-        # batch ended meanwhile, or the count kept beside the database already covers rows the
-        # read did not see (or the reverse).
-        quiet, batches = self._db.quiet, self._db.batches
-        work, pending = await self._db.read_off_loop(op)
-        if quiet and self._db.quiet and batches == self._db.batches:
-            self.pending = pending
+        # The GROUP BY reads every undelivered row: off the loop, in a snapshot fixed when the
+        # count kept beside the database matched it. What this daemon committed since is the
+        # difference between that count and the count now; the rest is what others changed.
+        counted, (work, scanned) = await self._db.read_pinned(lambda: self.pending, op)
+        self.pending = scanned + (self.pending - counted)
         return work
 
     async def delivered(self, seq: int) -> None:
@@ -409,17 +425,20 @@ class Outbox:
     # -- inspection and repair -----------------------------------------------------------------
 
     async def counts(self) -> Counts:
-        def op(conn: sqlite3.Connection) -> Counts:
-            pending, retrying, dead = conn.execute(
-                "SELECT"
-                " COALESCE(SUM(state = 'pending' AND attempts = 0), 0),"
-                " COALESCE(SUM(state = 'pending' AND attempts > 0), 0),"
-                " COALESCE(SUM(state = 'dead'), 0) FROM outbox"
-            ).fetchone()
-            quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
-            return Counts(pending, retrying, dead, quarantined)
+        """The rows by state, at most COUNTS_FRESH seconds old. Callers meanwhile share one
+        scan, which goes on to its end even if they all stop waiting."""
+        if self._counted is not None and time.monotonic() - self._counted[0] < COUNTS_FRESH:
+            return self._counted[1]
+        if self._counting is None:
+            began = time.monotonic()
+            self._counting = self._db.scan(_counts)  # a full scan: every /status asks
+            self._counting.add_done_callback(lambda done: self._count_done(began, done))
+        return await asyncio.shield(self._counting)
 
-        return await self._db.read_off_loop(op)  # a full scan: every /status asks
+    def _count_done(self, began: float, done: asyncio.Future[Counts]) -> None:
+        self._counting = None
+        if not done.cancelled() and done.exception() is None:
+            self._counted = (began, done.result())
 
     async def listing(self, *, dead: bool, instance: str | None, limit: int) -> list[Listing]:
         def op(conn: sqlite3.Connection) -> list[Listing]:
@@ -493,6 +512,17 @@ class Outbox:
 
     def __repr__(self) -> str:
         return f"<Outbox {self.path} pending={self.pending} commits={self.commits}>"
+
+
+def _counts(conn: sqlite3.Connection) -> Counts:
+    pending, retrying, dead = conn.execute(
+        "SELECT"
+        " COALESCE(SUM(state = 'pending' AND attempts = 0), 0),"
+        " COALESCE(SUM(state = 'pending' AND attempts > 0), 0),"
+        " COALESCE(SUM(state = 'dead'), 0) FROM outbox"
+    ).fetchone()
+    quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+    return Counts(pending, retrying, dead, quarantined)
 
 
 def _count_pending(conn: sqlite3.Connection) -> int:

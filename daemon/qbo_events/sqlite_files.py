@@ -1,18 +1,21 @@
 """The outbox's SQLite files: the state directory, the header check, the connections, the
-WAL's fsync, reader threads, and which SQLite errors mean the storage itself failed."""
+WAL's fsync, reader threads, and which SQLite errors mean the storage itself failed (and how
+they become ours)."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import os
 import sqlite3
 import struct
+import threading
 import urllib.parse
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from qbo_events.errors import OutboxClosed, OutboxError
 
@@ -24,30 +27,97 @@ _FULL = 13
 
 
 class ReaderThread:
-    """One thread with its own read-only connection."""
+    """One thread with its own read-only connection, both made on first use: a command that
+    never reads off the loop starts no thread."""
 
     def __init__(self, name: str) -> None:
         self.name = name
+        self._path: Path | None = None
         self._conn: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._last: concurrent.futures.Future[Any] | None = None  # the last job handed over
+        self._connecting = threading.Lock()
 
     def open(self, path: Path) -> None:
-        self._conn = connect_reader(path)
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        self._path = path
+
+    def submit(self, op: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        """Run `op` on the thread; a storage failure comes back as OutboxError."""
+        if self._path is None:
+            raise OutboxClosed("the outbox is closed")
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        future = self._thread.submit(self._call, op)
+        self._last = future
+        return future
 
     async def run(
         self, loop: asyncio.AbstractEventLoop, op: Callable[[sqlite3.Connection], T]
     ) -> T:
-        if self._conn is None or self._thread is None:
-            raise OutboxClosed("the outbox is closed")
-        return await loop.run_in_executor(self._thread, op, self._conn)
+        return await asyncio.wrap_future(self.submit(op), loop=loop)
+
+    @property
+    def idle(self) -> bool:
+        """No job handed over is still queued or running (the thread's jobs run in order)."""
+        return self._last is None or self._last.done()
+
+    def when_idle(self, loop: asyncio.AbstractEventLoop, then: Callable[[], None]) -> None:
+        if self._last is None or self._last.done():
+            then()
+        else:
+            asyncio.wrap_future(self._last, loop=loop).add_done_callback(lambda _: then())
+
+    def submit_pinned(self, op: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        """Fix a read snapshot now, on the calling thread (with the thread idle), then run
+        `op` in it on the thread, which ends the transaction."""
+        assert self.idle, "a pinned read needs the connection to itself"
+        conn = self._connection()
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        conn.execute("BEGIN")
+        # WAL: the snapshot is taken by the first read, not by BEGIN.
+        conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        return self.submit(lambda c: _then_rollback(op, c))
+
+    def _connection(self) -> sqlite3.Connection:
+        with self._connecting:
+            if self._conn is None:
+                if self._path is None:
+                    raise OutboxClosed("the outbox is closed")
+                self._conn = connect_reader(self._path)
+            return self._conn
+
+    def _call(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return op(self._connection())
+        except (sqlite3.Error, OSError) as exc:
+            raise storage_error("outbox read failed", exc) from exc
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.shutdown(wait=True)
-        if self._conn is not None:
-            self._conn.close()
-        self._conn = self._thread = None
+        with self._connecting:
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = self._thread = self._path = self._last = None
+
+
+def _then_rollback(op: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    try:
+        return op(conn)
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+
+
+def storage_error(what: str, exc: BaseException) -> OutboxError:
+    """The one way a storage exception becomes ours: what failed and why, the original as the
+    cause."""
+    if isinstance(exc, OutboxError):
+        return exc
+    error = OutboxError(f"{what}: {describe(exc)}")
+    error.__cause__ = exc
+    return error
 
 
 def is_storage_fault(exc: BaseException) -> bool:

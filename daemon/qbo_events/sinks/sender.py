@@ -207,7 +207,9 @@ class Sender:
                 await self._round(deliveries, now)
             except OutboxError as exc:
                 # Whatever the storage does, the senders keep going and try again.
-                _outbox_trouble(self._outbox, "outbox unavailable to the senders", error=str(exc))
+                self._outbox.log_refusal(
+                    log, "outbox unavailable to the senders", level="error", error=str(exc)
+                )
                 await self._sleep(_OUTBOX_TROUBLE_RETRY)
                 continue
             self.last_dispatch_at = self._clock()
@@ -306,8 +308,12 @@ class Sender:
                 self._delivered_metric.inc()
                 self._metrics.delivery_latency.observe(self._clock() - row.accepted_at)
         except OutboxError as exc:
-            _outbox_trouble(
-                self._outbox, "could not record a delivery outcome", seq=row.seq, error=str(exc)
+            self._outbox.log_refusal(
+                log,
+                "could not record a delivery outcome",
+                level="error",
+                seq=row.seq,
+                error=str(exc),
             )
             # The row is still due; sending it again at once would only repeat the failure.
             self._next_due[target.instance] = self._clock() + _OUTBOX_TROUBLE_WAIT
@@ -381,15 +387,6 @@ class Sender:
             raise DeliveryRejected(
                 status, retry_after=retry_after if status in (429, 503) else None
             )
-
-
-def _outbox_trouble(outbox: Outbox, message: str, **fields: Any) -> None:
-    # While the storage itself is failing the outbox has said so once; a line per round or
-    # per delivery would bury it.
-    if outbox.writable:
-        log.error(message, **fields)
-    else:
-        log.debug(message, **fields)
 
 
 class _CutOff(Exception):

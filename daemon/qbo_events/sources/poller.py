@@ -167,9 +167,9 @@ class ResourceLoop:
                     self.state = LoopState.WAITING
                     self.last_error = f"outbox: {exc}"
                     pause = OUTBOX_TROUBLE_WAIT
-                    # The outbox logs a storage fault once; a line per poll would bury it.
-                    say = self.log.warning if self._outbox.writable else self.log.debug
-                    say("poll's events not stored; polling again later", error=str(exc))
+                    self._outbox.log_refusal(
+                        self.log, "poll's events not stored; polling again later", error=str(exc)
+                    )
                 except QuickBooksUnavailable as exc:
                     self._failed(exc)
                     pause, backoff = backoff, backoff * 2

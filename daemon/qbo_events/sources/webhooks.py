@@ -116,7 +116,9 @@ class WebhookListener:
         try:
             new = await self._outbox.accept(events)
         except OutboxError as exc:
-            _refused("webhook refused: the outbox cannot take it", self._outbox, exc)
+            self._outbox.log_refusal(
+                log, "webhook refused: the outbox cannot take it", reason=str(exc)
+            )
             return _json(503, "cannot store now; retry later")
         self.counts["entities"] += len(changes)
         self._accepted.inc(new)
@@ -170,7 +172,7 @@ class WebhookListener:
         try:
             await self._outbox.quarantine(body, reason)
         except OutboxError as exc:
-            _refused("webhook refused: cannot quarantine", self._outbox, exc)
+            self._outbox.log_refusal(log, "webhook refused: cannot quarantine", reason=str(exc))
             return _json(503, "cannot store now; retry later")
         self.counts["quarantined"] += 1
         log.warning("signed webhook body not understood; quarantined", reason=reason)
@@ -179,12 +181,6 @@ class WebhookListener:
 
 
 _OK = b'{"status": "ok"}'
-
-
-def _refused(message: str, outbox: Outbox, exc: OutboxError) -> None:
-    # While the storage itself fails, the outbox has logged it once and /readyz says so; a
-    # line per refused request would bury that line.
-    (log.warning if outbox.writable else log.debug)(message, reason=str(exc))
 
 
 def _json(status: int, message: str) -> web.Response:
