@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from qbo_events.commit_placement import SLOW_SAMPLES, Placement
 from qbo_events.errors import OutboxError
-from qbo_events.group_commit import PROBE_EVERY, SYNC_WITHIN, GroupCommit
+from qbo_events.group_commit import CHECKPOINT_WITHIN, PROBE_EVERY, SYNC_WITHIN, GroupCommit
 
 pytestmark = pytest.mark.anyio
 
@@ -319,4 +319,56 @@ async def test_a_probe_that_shares_its_batch_with_a_failing_write_keeps_probing(
     finally:
         filling = False
         watcher.close()
+        await db.close()
+
+
+def count_to(n: int) -> Callable[[sqlite3.Connection], int]:
+    def op(conn: sqlite3.Connection) -> int:
+        return int(
+            conn.execute(
+                "WITH RECURSIVE c(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM c WHERE i < ?)"
+                " SELECT COUNT(*) FROM c",
+                (n,),
+            ).fetchone()[0]
+        )
+
+    return op
+
+
+async def test_a_brief_read_stays_on_the_loop_and_a_long_one_moves_to_a_thread(
+    tmp_path: Path,
+) -> None:
+    db = GroupCommit(tmp_path / "o.db", "full", on_open=SCHEMA)
+    db.open()
+    try:
+        await db.run(insert(1))
+        assert await db.read_briefly(lambda conn: stored(tmp_path / "o.db")) == [1]
+        assert await db.read_briefly(count_to(10)) == 10
+        assert db.reads_moved == 0
+        # Millions of steps: given up on the loop, finished on the thread, the same answer.
+        assert await db.read_briefly(count_to(3_000_000)) == 3_000_000
+        assert db.reads_moved == 1
+        # The loop's connection is left as it was: no handler stops the next read.
+        assert db.read(count_to(3_000_000)) == 3_000_000
+    finally:
+        await db.close()
+
+
+async def test_committed_frames_reach_the_database_file_soon(tmp_path: Path) -> None:
+    """SQLite's own checkpoint is off (it would run inside a COMMIT on the loop): the
+    checkpoint on the helper thread copies the WAL into the database file."""
+    path = tmp_path / "o.db"
+    db = GroupCommit(path, "full", on_open=PAD_SCHEMA)
+    db.open()
+    try:
+        for _ in range(200):  # about 400 pages: below SQLite's own threshold of 1000
+            await db.run(lambda conn: conn.execute("INSERT INTO pad (b) VALUES (zeroblob(8000))"))
+        for _ in range(int(20 * CHECKPOINT_WITHIN / 0.05)):
+            if path.stat().st_size > 200 * 8000:
+                break
+            await asyncio.sleep(0.05)
+        assert path.stat().st_size > 200 * 8000, path.stat().st_size
+        assert db._conn is not None
+        assert db._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    finally:
         await db.close()

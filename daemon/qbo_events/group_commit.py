@@ -22,7 +22,9 @@ makes it writable again.
 With durability "full", only a batch holding a durable operation is fsynced. Bookkeeping that a
 power cut may take (a delivered row's removal, a retry's new time: at worst an event is sent
 again) commits without one; the next fsync covers it too, since the WAL is written in order, and
-the WAL is fsynced within `SYNC_WITHIN` seconds in any case.
+the WAL is fsynced within `SYNC_WITHIN` seconds in any case. The WAL's frames are copied into
+the database (a checkpoint) on the helper thread within `CHECKPOINT_WITHIN` seconds of a
+commit, never inside a COMMIT on the loop.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import structlog
 from qbo_events.commit_placement import SLOW_COMMIT, Placement
 from qbo_events.errors import OutboxClosed, OutboxError
 from qbo_events.sqlite_files import (
+    Checkpointer,
     ReaderThread,
     check_header,
     connect_reader,
@@ -63,7 +66,9 @@ Operation = Callable[[sqlite3.Connection], Any]
 Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None", bool]
 
 SYNC_WITHIN = 1.0  # seconds an unsynced commit may wait for an fsync of the WAL
+CHECKPOINT_WITHIN = 1.0  # seconds a commit may wait before its frames are checkpointed
 PROBE_EVERY = 1.0  # seconds between write probes while the database cannot be written
+BRIEF_READ = 0.002  # seconds of SQLite's work a read on the loop may take before it moves
 # Below this much free space no commit ends the unwritable state, and no probe is tried: a small
 # write can succeed in space the WAL already holds while the next real batch still fails, and
 # the state would flap.
@@ -110,8 +115,11 @@ class GroupCommit:
         self._placement = Placement(slow_commit)
         self._synchronous = ""  # the connection's PRAGMA synchronous, as last set
         self.unsynced_commits = 0  # committed without an fsync of their own
+        self.reads_moved = 0  # brief reads that took too long and ran again on a thread
         self._unsynced = False  # since the last fsync of the WAL
         self._sync_timer: asyncio.TimerHandle | None = None
+        self._checkpointer = Checkpointer(path)
+        self._checkpoint_timer: asyncio.TimerHandle | None = None
 
     @property
     def is_open(self) -> bool:
@@ -152,9 +160,13 @@ class GroupCommit:
         if self._probe_timer is not None:
             self._probe_timer.cancel()
             self._probe_timer = None
+        if self._checkpoint_timer is not None:
+            self._checkpoint_timer.cancel()
+            self._checkpoint_timer = None
         if self._unsynced:
             self._sync_wal()
         self._committer.shutdown(wait=True)
+        self._checkpointer.close()  # the writer, closing last, checkpoints what is left
         for lane in self._lanes:
             lane.close()
         self._conn.close()
@@ -188,6 +200,26 @@ class GroupCommit:
             return op(self._reader)
         except (sqlite3.Error, OSError) as exc:
             raise storage_error("outbox read failed", exc) from exc
+
+    async def read_briefly(
+        self, op: Callable[[sqlite3.Connection], T], *, within: float = BRIEF_READ
+    ) -> T:
+        """A read that is usually quick, on the loop's thread; one that takes SQLite more than
+        `within` seconds is given up and run again on the fetch thread. `op` must have no
+        effects but its result."""
+        if self._reader is None:
+            raise OutboxClosed("the outbox is closed")
+        give_up = time.perf_counter() + within
+        self._reader.set_progress_handler(lambda: time.perf_counter() > give_up, 1000)
+        try:
+            return op(self._reader)
+        except (sqlite3.Error, OSError) as exc:
+            if getattr(exc, "sqlite_errorcode", 0) != sqlite3.SQLITE_INTERRUPT:
+                raise storage_error("outbox read failed", exc) from exc
+        finally:
+            self._reader.set_progress_handler(None, 0)
+        self.reads_moved += 1
+        return await self.fetch(op)
 
     def scan(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
         """A whole-table read on the scan thread (SQLite lets go of the GIL while it steps, so
@@ -355,6 +387,8 @@ class GroupCommit:
         if error is None:
             self.commits += 1
             self._placement.record(took, time.monotonic())
+            if self._checkpoint_timer is None and self._loop is not None:
+                self._checkpoint_timer = self._loop.call_later(CHECKPOINT_WITHIN, self._checkpoint)
             if fsync:
                 self._unsynced = False
             elif self.durability == "full":
@@ -450,6 +484,22 @@ class GroupCommit:
         self._unsynced = False
         done = self._loop.run_in_executor(self._committer, fsync_file, wal_path(self.path))
         done.add_done_callback(self._wal_synced)
+
+    def _checkpoint(self) -> None:
+        self._checkpoint_timer = None
+        if self._committer is None or self._loop is None:
+            return
+        done = self._loop.run_in_executor(self._committer, self._checkpointer.run)
+        done.add_done_callback(self._checkpointed)
+
+    def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        error = done.exception()
+        if error is not None:
+            # The frames stay in the WAL, and the next commit's checkpoint copies them. While
+            # the storage fails, the outbox has said so already.
+            (log.warning if self.writable else log.debug)(
+                "outbox: checkpoint of the WAL failed", error=describe(error)
+            )
 
     def _wal_synced(self, done: asyncio.Future[None]) -> None:
         error = done.exception()

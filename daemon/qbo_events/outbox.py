@@ -325,9 +325,7 @@ class Outbox:
         now = self._clock()
         skipping = set(skip)
 
-        broken: list[int] = []
-
-        def op(conn: sqlite3.Connection) -> tuple[list[Row], float | None]:
+        def op(conn: sqlite3.Connection) -> tuple[list[Row], float | None, list[int]]:
             cur = conn.execute(
                 "SELECT seq, attempts, accepted_at, body FROM outbox AS o"
                 " WHERE instance = ? AND state = 'pending' AND next_at <= ?"
@@ -337,6 +335,7 @@ class Outbox:
                 (instance, now, limit + len(skipping)),
             )
             rows: list[Row] = []
+            broken: list[int] = []
             for seq, attempts, accepted_at, body in cur:
                 if seq in skipping or len(rows) == limit:
                     continue
@@ -349,15 +348,17 @@ class Outbox:
                 " AND next_at > ?",
                 (instance, now),
             ).fetchone()[0]
-            return rows, later
+            return rows, later, broken
 
-        # Off the loop: rows due by their time but waiting behind an earlier row of their object
-        # (whose retry is later) are all read past, a million of them at worst.
-        result = await self._db.fetch(op)
+        # Usually an index lookup and a few rows, read on the loop: a thread's round trip costs
+        # more. Rows due by their time but waiting behind an earlier row of their object (whose
+        # retry is later) are all read past, a million of them at worst: such a read moves to
+        # a thread.
+        rows, later, broken = await self._db.read_briefly(op)
         for seq in broken:
             # Kept for a person to look at, out of the senders' way.
             await self.dead_letter(seq, 0, _UNDECODABLE)
-        return result
+        return rows, later
 
     async def instances_with_work(self) -> dict[str, float]:
         """Each instance that has undelivered rows, with its earliest next attempt. Also
