@@ -342,12 +342,12 @@ async def test_a_brief_read_stays_on_the_loop_and_a_long_one_moves_to_a_thread(
     db.open()
     try:
         await db.run(insert(1))
-        assert await db.read_briefly(lambda conn: stored(tmp_path / "o.db")) == [1]
-        assert await db.read_briefly(count_to(10)) == 10
-        assert db.reads_moved == 0
+        assert await db.reads.read_briefly(lambda conn: stored(tmp_path / "o.db")) == [1]
+        assert await db.reads.read_briefly(count_to(10)) == 10
+        assert db.reads.moved == 0
         # Millions of steps: given up on the loop, finished on the thread, the same answer.
-        assert await db.read_briefly(count_to(3_000_000)) == 3_000_000
-        assert db.reads_moved == 1
+        assert await db.reads.read_briefly(count_to(3_000_000)) == 3_000_000
+        assert db.reads.moved == 1
         # The loop's connection is left as it was: no handler stops the next read.
         assert db.read(count_to(3_000_000)) == 3_000_000
     finally:

@@ -3,8 +3,7 @@
 Callers hand writes over as operations (functions of a connection) and await their futures.
 Operations run on the event loop's thread; those handed over within one loop turn, or while a
 commit runs on the helper thread, form one batch. Reads use a second connection: they see
-committed rows and never wait for a commit; reads that scan large tables run on reader threads
-(`scan`, `fetch`, `read_pinned`), so that the loop keeps serving while they do.
+committed rows and never wait for a commit (`reads`, the `Reads` of `sqlite_reads`).
 
 The COMMIT (with durability "full", an fsync) runs on the loop too while storage is quick: a
 commit blocks it for well under a millisecond, where handing it to a thread cost three times
@@ -44,9 +43,7 @@ from qbo_events.commit_placement import SLOW_COMMIT, Placement
 from qbo_events.errors import OutboxClosed, OutboxError
 from qbo_events.sqlite_files import (
     Checkpointer,
-    ReaderThread,
     check_header,
-    connect_reader,
     connect_writer,
     describe,
     free_bytes,
@@ -55,10 +52,10 @@ from qbo_events.sqlite_files import (
     storage_error,
     wal_path,
 )
+from qbo_events.sqlite_reads import Reads
 
 log = structlog.get_logger("qbo_events.outbox")
 T = TypeVar("T")
-P = TypeVar("P")
 Operation = Callable[[sqlite3.Connection], Any]
 # An operation, the future its caller awaits, what to do once it is committed (run even if the
 # caller stopped waiting, so that counters kept beside the database stay true), and whether it
@@ -68,7 +65,6 @@ Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None"
 SYNC_WITHIN = 1.0  # seconds an unsynced commit may wait for an fsync of the WAL
 CHECKPOINT_WITHIN = 1.0  # seconds a commit may wait before its frames are checkpointed
 PROBE_EVERY = 1.0  # seconds between write probes while the database cannot be written
-BRIEF_READ = 0.002  # seconds of SQLite's work a read on the loop may take before it moves
 # Below this much free space no commit ends the unwritable state, and no probe is tried: a small
 # write can succeed in space the WAL already holds while the next real batch still fails, and
 # the state would flap.
@@ -90,13 +86,8 @@ class GroupCommit:
         self._schema = on_open
         self._create = create
         self._conn: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
         self._committer: ThreadPoolExecutor | None = None
-        # Off-loop reads, a lane each: whole-table counts (/status), the senders' rescan, and
-        # their fetches, so that a /status at a million rows never holds up a delivery.
-        self._scans = ReaderThread("outbox-scan")
-        self._rescans = ReaderThread("outbox-rescan")
-        self._fetches = ReaderThread("outbox-fetch")
+        self.reads = Reads(path, self.when_settled)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: list[Pending] = []
         self._committing = False
@@ -115,7 +106,6 @@ class GroupCommit:
         self._placement = Placement(slow_commit)
         self._synchronous = ""  # the connection's PRAGMA synchronous, as last set
         self.unsynced_commits = 0  # committed without an fsync of their own
-        self.reads_moved = 0  # brief reads that took too long and ran again on a thread
         self._unsynced = False  # since the last fsync of the WAL
         self._sync_timer: asyncio.TimerHandle | None = None
         self._checkpointer = Checkpointer(path)
@@ -136,15 +126,12 @@ class GroupCommit:
             self._conn = connect_writer(
                 self.path, self.durability, self._schema, create=self._create
             )
-            self._reader = connect_reader(self.path)
+            self.reads.open(self._loop)
         except (sqlite3.Error, OSError) as exc:
-            for conn in (self._conn, self._reader):
-                if conn is not None:
-                    conn.close()
-            self._conn = self._reader = None
+            if self._conn is not None:
+                self._conn.close()
+            self._conn = None
             raise storage_error(f"cannot open the outbox {self.path}", exc) from exc
-        for lane in self._lanes:
-            lane.open(self.path)
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="outbox-commit")
         self.writable = True
 
@@ -153,7 +140,7 @@ class GroupCommit:
         if self._conn is None:
             return
         await self._idle.wait()
-        assert self._committer is not None and self._reader is not None
+        assert self._committer is not None
         if self._sync_timer is not None:
             self._sync_timer.cancel()
             self._sync_timer = None
@@ -167,11 +154,9 @@ class GroupCommit:
             self._sync_wal()
         self._committer.shutdown(wait=True)
         self._checkpointer.close()  # the writer, closing last, checkpoints what is left
-        for lane in self._lanes:
-            lane.close()
         self._conn.close()
-        self._reader.close()
-        self._conn = self._reader = self._committer = None
+        self.reads.close()
+        self._conn = self._committer = None
         self.writable = False
 
     async def run(
@@ -188,84 +173,9 @@ class GroupCommit:
         # A caller that stops waiting does not stop the operation: it commits all the same.
         return await future
 
-    @property
-    def _lanes(self) -> tuple[ReaderThread, ...]:
-        return self._scans, self._rescans, self._fetches
-
     def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """A quick read on the loop's thread (an index lookup, a few rows)."""
-        if self._reader is None:
-            raise OutboxClosed("the outbox is closed")
-        try:
-            return op(self._reader)
-        except (sqlite3.Error, OSError) as exc:
-            raise storage_error("outbox read failed", exc) from exc
-
-    async def read_briefly(
-        self, op: Callable[[sqlite3.Connection], T], *, within: float = BRIEF_READ
-    ) -> T:
-        """A read that is usually quick, on the loop's thread; one that takes SQLite more than
-        `within` seconds is given up and run again on the fetch thread. `op` must have no
-        effects but its result."""
-        if self._reader is None:
-            raise OutboxClosed("the outbox is closed")
-        give_up = time.perf_counter() + within
-        self._reader.set_progress_handler(lambda: time.perf_counter() > give_up, 1000)
-        try:
-            return op(self._reader)
-        except (sqlite3.Error, OSError) as exc:
-            if getattr(exc, "sqlite_errorcode", 0) != sqlite3.SQLITE_INTERRUPT:
-                raise storage_error("outbox read failed", exc) from exc
-        finally:
-            self._reader.set_progress_handler(None, 0)
-        self.reads_moved += 1
-        return await self.fetch(op)
-
-    def scan(self, op: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
-        """A whole-table read on the scan thread (SQLite lets go of the GIL while it steps, so
-        the loop keeps turning). The future completes whether or not anyone still awaits it,
-        so that callers can share one scan."""
-        if self._loop is None:
-            raise OutboxClosed("the outbox is closed")
-        return asyncio.wrap_future(self._scans.submit(op), loop=self._loop)
-
-    async def fetch(self, op: Callable[[sqlite3.Connection], T]) -> T:
-        """A read that may take long, on the fetch thread: the senders' own lane."""
-        if self._loop is None:
-            raise OutboxClosed("the outbox is closed")
-        return await self._fetches.run(self._loop, op)
-
-    async def read_pinned(
-        self, pin: Callable[[], P], op: Callable[[sqlite3.Connection], T]
-    ) -> tuple[P, T]:
-        """`op` on the rescan thread, reading the database as it was when `pin()` ran on the
-        loop: at a moment when every committed batch's `on_commit` has run, so that counters
-        kept beside the database (read by `pin`) and what `op` reads agree."""
-        loop = self._loop
-        if loop is None:
-            raise OutboxClosed("the outbox is closed")
-        started: asyncio.Future[tuple[P, asyncio.Future[T]]] = loop.create_future()
-
-        def start() -> None:
-            if started.done():  # the caller stopped waiting: nothing begun, nothing to end
-                return
-            if not self._rescans.idle:  # a read its caller left is still running
-                self._rescans.when_idle(loop, lambda: self.when_settled(start))
-                return
-            try:
-                job = self._rescans.submit_pinned(op)
-                pinned = pin()
-            except (sqlite3.Error, OSError) as exc:
-                started.set_exception(storage_error("outbox read failed", exc))
-                return
-            except Exception as exc:  # the caller must hear of it, whatever it is
-                started.set_exception(exc)
-                return
-            started.set_result((pinned, asyncio.wrap_future(job, loop=loop)))
-
-        self.when_settled(start)
-        pinned, job = await started
-        return pinned, await job
+        return self.reads.read(op)
 
     def when_settled(self, then: Callable[[], None]) -> None:
         """Call `then` on the loop now, or, while a commit runs on the helper thread (visible

@@ -165,7 +165,7 @@ class Outbox:
             return
         try:
             # A full scan at a million rows: a fraction of a second, off the loop.
-            self.pending = await self._db.scan(_count_pending)
+            self.pending = await self._db.reads.scan(_count_pending)
         except OutboxError as exc:
             await self._db.close()
             raise OutboxError(f"cannot read the outbox {self.path}: {exc}") from exc
@@ -354,7 +354,7 @@ class Outbox:
         # more. Rows due by their time but waiting behind an earlier row of their object (whose
         # retry is later) are all read past, a million of them at worst: such a read moves to
         # a thread.
-        rows, later, broken = await self._db.read_briefly(op)
+        rows, later, broken = await self._db.reads.read_briefly(op)
         for seq in broken:
             # Kept for a person to look at, out of the senders' way.
             await self.dead_letter(seq, 0, _UNDECODABLE)
@@ -374,7 +374,7 @@ class Outbox:
         # The GROUP BY reads every undelivered row: off the loop, in a snapshot fixed when the
         # count kept beside the database matched it. What this daemon committed since is the
         # difference between that count and the count now; the rest is what others changed.
-        counted, (work, scanned) = await self._db.read_pinned(lambda: self.pending, op)
+        counted, (work, scanned) = await self._db.reads.read_pinned(lambda: self.pending, op)
         self.pending = scanned + (self.pending - counted)
         return work
 
@@ -432,7 +432,7 @@ class Outbox:
             return self._counted[1]
         if self._counting is None:
             began = time.monotonic()
-            self._counting = self._db.scan(_counts)  # a full scan: every /status asks
+            self._counting = self._db.reads.scan(_counts)  # a full scan: every /status asks
             self._counting.add_done_callback(lambda done: self._count_done(began, done))
         return await asyncio.shield(self._counting)
 
