@@ -11,9 +11,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
 from harness import Receiver
 from qbo_events.config import DeliveryConfig
-from qbo_events.errors import OutboxError
+from qbo_events.errors import OutboxError, OutboxFull
 from qbo_events.events import Change, EventType, Source, event_id
 from qbo_events.events import Event as QboEvent
 from qbo_events.group_commit import PROBE_EVERY
@@ -278,3 +279,21 @@ async def test_read_only_commands_start_no_threads_and_count_nothing(tmp_path: P
         assert outbox.pending == 0  # not counted: the commands never use it
         assert await outbox.requeue_dead(instance=None, event_id=None) == 0
     assert len(rows) == 3
+
+
+async def test_pushing_back_at_max_pending_is_logged_once_each_way(tmp_path: Path) -> None:
+    async with Outbox(tmp_path / "outbox.sqlite3", max_pending=2) as outbox:
+        await outbox.accept([make_event(1), make_event(2)])
+        with structlog.testing.capture_logs() as logs:
+            for n in range(3, 8):
+                with pytest.raises(OutboxFull):
+                    await outbox.accept([make_event(n)])
+                # What a webhook refused for it logs: the outbox has said why already.
+                outbox.log_refusal(structlog.get_logger("test"), "webhook refused", level="warning")
+            rows, _ = await outbox.due("acme", 1)
+            await outbox.delivered(rows[0].seq)
+            assert await outbox.accept([make_event(8)]) == 1
+    loud = [(e["log_level"], e["event"]) for e in logs if e["log_level"] != "debug"]
+    assert len(loud) == 2, loud
+    assert loud[0][0] == "warning" and "max_pending" in loud[0][1]
+    assert loud[1][0] == "info" and "resumed" in loud[1][1]

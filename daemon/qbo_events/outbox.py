@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import msgspec
+import structlog
 
 from qbo_events.errors import OutboxClosed, OutboxError, OutboxFull
 from qbo_events.events import Event
 from qbo_events.group_commit import GroupCommit, Operation
 from qbo_events.quickbooks.oauth import Tokens
 
+log = structlog.get_logger("qbo_events.outbox")
 T = TypeVar("T")
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -139,6 +141,7 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
         self.pending = 0  # undelivered, not dead: what max_pending bounds
+        self._pushing_back = False  # refusing intake over max_pending
         self.accepted = 0
         self.duplicates = 0
         self._last_prune = 0.0
@@ -192,9 +195,27 @@ class Outbox:
         self, logger: Any, message: str, *, level: str = "warning", **fields: Any
     ) -> None:
         """Log a refusal caused by the outbox at `level`, or at debug while the storage itself
-        fails: the outbox has then said so once, and a line per request, poll or delivery
-        would bury that line."""
-        getattr(logger, level if self.writable else "debug")(message, **fields)
+        fails or intake pushes back: the outbox has then said so once, and a line per request,
+        poll or delivery would bury that line."""
+        quiet = self._pushing_back or not self.writable
+        getattr(logger, "debug" if quiet else level)(message, **fields)
+
+    def _check_room(self) -> None:
+        """Raise OutboxFull over max_pending; say so once when intake starts pushing back and
+        once when it ends, rather than once per refused webhook or poll."""
+        if self.pending >= self.max_pending:
+            if not self._pushing_back:
+                self._pushing_back = True
+                log.warning(
+                    "the outbox holds max_pending undelivered events; intake pushes back"
+                    " (webhooks get 503, polls wait) until deliveries drain it",
+                    undelivered=self.pending,
+                    max_pending=self.max_pending,
+                )
+            raise OutboxFull(f"{self.pending} undelivered events (max_pending {self.max_pending})")
+        if self._pushing_back:
+            self._pushing_back = False
+            log.info("intake resumed: the outbox is below max_pending", undelivered=self.pending)
 
     def _refuse_while_unwritable(self) -> None:
         # New intake waits for the probe to find the storage writable again: a write that
@@ -234,8 +255,8 @@ class Outbox:
         if not self._accepting:
             raise OutboxClosed("the daemon is shutting down")
         self._refuse_while_unwritable()
-        if events and self.pending >= self.max_pending:
-            raise OutboxFull(f"{self.pending} undelivered events (max_pending {self.max_pending})")
+        if events:
+            self._check_room()
         now = self._clock()
         rows = [(e.event_id, e.instance, e.object_key, _encode(e)) for e in events]
 
