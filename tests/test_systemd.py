@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
-import logging
 import os
 import re
 import select
@@ -22,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from qbo_events import logs
 from qbo_events.systemd import Notifier
 
@@ -35,16 +33,6 @@ DEADLINE = 5.0
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
 
 
 @pytest.fixture(params=["path", "abstract"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import os
 import socket
 import tempfile
@@ -18,7 +17,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from harness import DaemonProcess, Receiver, SandboxProcess, instance_toml
 from qbo_events import config as config_module
 from qbo_events import health
@@ -35,16 +33,6 @@ REALM = "9341453908128517"
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@pytest.fixture
-def restore_logging() -> Iterator[None]:
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
 
 
 @pytest.fixture
@@ -90,6 +78,25 @@ def now(value: object) -> Callable[[], Awaitable[object]]:
     return check
 
 
+def watched_daemon(
+    tmp_path: Path, sandbox: SandboxProcess, receiver: Receiver, notify_address: str
+) -> Daemon:
+    """The whole daemon, in process, polling the sandbox's invoices every 0.6 s (below the
+    test's poll deadline) and pinging `notify_address` every 0.1 s."""
+    instance = instance_toml(
+        "acme", REALM, receiver.url, vendor="polling",
+        extra=(
+            f'refresh_token = "{sandbox.refresh_token}"\n'
+            "event.poller.refresh_interval = 0.01\n"
+            'event.poller.urls = "invoices"\n'
+        ),
+    )  # fmt: skip
+    files = DaemonProcess(tmp_path, instance, settings=sandbox.quickbooks_settings())
+    daemon = Daemon(config_module.load(files.config_path), files.config_path)
+    daemon.notifier = Notifier(notify_address, watchdog_usec=WATCHDOG_USEC)
+    return daemon
+
+
 @pytest.mark.anyio
 @pytest.mark.usefixtures("restore_logging")
 async def test_pings_stop_while_a_poll_is_stuck_past_its_deadline_and_resume_after(
@@ -102,17 +109,7 @@ async def test_pings_stop_while_a_poll_is_stuck_past_its_deadline_and_resume_aft
     monkeypatch.setattr(health, "POLL_DEADLINE_FLOOR", DEADLINE)
     sock, address = systemd_socket
     sandbox = sandbox_factory()
-    instance = instance_toml(
-        "acme", REALM, receiver.url, vendor="polling",
-        extra=(
-            f'refresh_token = "{sandbox.refresh_token}"\n'
-            "event.poller.refresh_interval = 0.01\n"  # 0.6 s, below the deadline
-            'event.poller.urls = "invoices"\n'
-        ),
-    )  # fmt: skip
-    files = DaemonProcess(tmp_path, instance, settings=sandbox.quickbooks_settings())
-    daemon = Daemon(config_module.load(files.config_path), files.config_path)
-    daemon.notifier = Notifier(address, watchdog_usec=WATCHDOG_USEC)
+    daemon = watched_daemon(tmp_path, sandbox, receiver, address)
 
     async def status() -> dict[str, object]:
         return await daemon.status()
@@ -176,17 +173,7 @@ async def test_a_poll_waiting_out_a_throttled_realm_is_not_stuck(
     monkeypatch.setattr(health, "POLL_DEADLINE_FLOOR", DEADLINE)
     sock, address = systemd_socket
     sandbox = sandbox_factory()
-    instance = instance_toml(
-        "acme", REALM, receiver.url, vendor="polling",
-        extra=(
-            f'refresh_token = "{sandbox.refresh_token}"\n'
-            "event.poller.refresh_interval = 0.01\n"
-            'event.poller.urls = "invoices"\n'
-        ),
-    )  # fmt: skip
-    files = DaemonProcess(tmp_path, instance, settings=sandbox.quickbooks_settings())
-    daemon = Daemon(config_module.load(files.config_path), files.config_path)
-    daemon.notifier = Notifier(address, watchdog_usec=WATCHDOG_USEC)
+    daemon = watched_daemon(tmp_path, sandbox, receiver, address)
     pause = 6 * DEADLINE
 
     async def throttled() -> bool:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -34,6 +36,26 @@ def saved_before_used(log: list[tuple[str, str]]) -> None:
             saved.add(token)
         else:
             assert token in saved, f"an access token was used before it was saved: {log}"
+
+
+@contextlib.asynccontextmanager
+async def token_endpoint(
+    status: int, text: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[str]:
+    """A token endpoint on 127.0.0.1 that answers every request alike; yields its URL."""
+
+    async def respond(_: web.Request) -> web.Response:
+        return web.Response(status=status, text=text, headers=headers)
+
+    app = web.Application()
+    app.router.add_post("/token", respond)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/token"
+    finally:
+        await runner.cleanup()
 
 
 def closed_port() -> int:
@@ -215,24 +237,13 @@ async def test_unreachable_token_endpoint_is_unavailable(qbo, make_manager) -> N
 async def test_a_failing_token_endpoint_is_unavailable_not_a_reconnect(qbo, make_manager) -> None:
     """A 5xx from a proxy in front of the token endpoint is worth a retry, not a reconnect."""
 
-    async def failing(request: web.Request) -> web.Response:
-        return web.Response(status=502, text="<html>Bad gateway</html>")
-
-    app = web.Application()
-    app.router.add_post("/token", failing)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    async with token_endpoint(502, "<html>Bad gateway</html>") as url:
         q = await qbo()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/token"
         tokens = make_manager(q.sandbox, token_url=url)
         with pytest.raises(QuickBooksUnavailable) as caught:
             await tokens.access_token()
         assert caught.value.status == 502
         assert not tokens.needs_reauthorization
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.anyio
@@ -267,20 +278,9 @@ async def test_a_throttling_token_endpoint_is_waited_out_for_a_bounded_time(
     if header == "in 600 s":
         header = email.utils.formatdate(time.time() + 600, usegmt=True)
 
-    async def throttling(request: web.Request) -> web.Response:
-        return web.Response(status=429, text="{}", headers={"Retry-After": header})
-
-    app = web.Application()
-    app.router.add_post("/token", throttling)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+    async with token_endpoint(429, "{}", {"Retry-After": header}) as url:
         q = await qbo()
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/token"
         tokens = make_manager(q.sandbox, token_url=url)
         with pytest.raises(QuickBooksRateLimited) as caught:
             await tokens.access_token()
         assert low <= caught.value.retry_after <= high
-    finally:
-        await runner.cleanup()
