@@ -399,6 +399,31 @@ def test_cloudevents_array() -> None:
     assert changes[0].raw == events[0]
 
 
+def test_cloudevents_only_entities_and_the_void_and_emailed_operations() -> None:
+    events = [
+        cloudevent("qbo.changeorder.created.v1", "1"),
+        cloudevent("qbo.companycurrency.deleted.v1", "2"),
+        cloudevent("qbo.estimate.emailed.v1", "3"),
+        cloudevent("qbo.payment.void.v1", "4"),
+        cloudevent("qbo.salesreceipt.EMAILED.v1", "5"),
+    ]
+    changes = parse_webhook(orjson.dumps(events))
+    assert summary(changes) == [
+        ("4620816365", "ChangeOrder", "1", EventType.CREATED, "Create", None),
+        ("4620816365", "CompanyCurrency", "2", EventType.DELETED, "Delete", None),
+        ("4620816365", "Estimate", "3", EventType.UPDATED, "Emailed", None),
+        ("4620816365", "Payment", "4", EventType.UPDATED, "Void", None),
+        ("4620816365", "SalesReceipt", "5", EventType.UPDATED, "Emailed", None),
+    ]
+    assert [object_type(c.entity) for c in changes] == [
+        "change-orders",
+        "currencies",
+        "estimates",
+        "payments",
+        "sales-receipts",
+    ]
+
+
 def test_cloudevents_without_data_or_with_null_data() -> None:
     without = cloudevent("qbo.customer.updated.v1")
     del without["data"]

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import NamedTuple
 
 from qbo_events.config import Config
 from qbo_events.events import Change, Event, make_event
 from qbo_events.quickbooks.resources import object_type
+
+
+class Routed(NamedTuple):
+    events: list[Event]
+    unknown: int  # changes of a realm no webhook-taking instance serves
+    unsubscribed: int  # changes of a served realm whose instances' resource lists all lack them
 
 
 class Routes:
@@ -31,22 +38,32 @@ class Routes:
         """Served here, but by polling alone: its webhooks are dropped on purpose."""
         return realm_id in self._polled and realm_id not in self._by_realm
 
-    def events(self, changes: Iterable[Change]) -> tuple[list[Event], int]:
-        """The events of these changes, and how many changes had no realm served here."""
+    def route(self, changes: Iterable[Change]) -> Routed:
+        """The events of these changes, with the changes that reached no instance counted."""
         events: list[Event] = []
-        unknown = 0
+        unknown = unsubscribed = 0
         for change in changes:
             targets = self._by_realm.get(change.realm_id)
             if targets is None:
                 unknown += 1
                 continue
             kind = object_type(change.entity)
-            events += [
+            mine = [
                 make_event(name, kind, change)
                 for name, wanted in targets
                 if wanted is None or kind in wanted
             ]
-        return events, unknown
+            # Expected with a resource list, and always so for an entity outside the 22
+            # (ChangeOrder, Estimate) unless some instance of the realm takes everything.
+            if not mine:
+                unsubscribed += 1
+            events += mine
+        return Routed(events, unknown, unsubscribed)
+
+    def events(self, changes: Iterable[Change]) -> tuple[list[Event], int]:
+        """The events of these changes, and how many changes had no realm served here."""
+        routed = self.route(changes)
+        return routed.events, routed.unknown
 
 
 def poll_events(instance: str, resource: str, changes: Sequence[Change]) -> list[Event]:

@@ -110,7 +110,7 @@ class WebhookListener:
             changes = parse_webhook(body)
         except WebhookPayloadError as exc:
             return await self._quarantine(body, str(exc))
-        events, unknown = self.routes.events(changes)
+        events, unknown, unsubscribed = self.routes.route(changes)
         if unknown:
             self._unrouted([c.realm_id for c in changes if not self.routes.serves(c.realm_id)])
         try:
@@ -121,6 +121,9 @@ class WebhookListener:
             )
             return _json(503, "cannot store now; retry later")
         self.counts["entities"] += len(changes)
+        if unsubscribed:
+            # Left out by the instances' resource lists: expected, so counted and not logged.
+            self.counts["unsubscribed_entities"] += unsubscribed
         self._accepted.inc(new)
         self._duplicate.inc(len(events) - new)
         if new:
