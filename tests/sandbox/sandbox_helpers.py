@@ -1,15 +1,17 @@
-"""Helpers for the sandbox tests: fast options, a webhook receiver, waiting with a deadline."""
+"""Helpers for the sandbox tests: fast options, a webhook receiver, raw API calls, waiting."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any
 
+import aiohttp
 from aiohttp import web
-from qbo_events.sandbox import SandboxOptions
+from qbo_events.sandbox import Sandbox, SandboxOptions
 
 
 def fast_options(**overrides: Any) -> SandboxOptions:
@@ -86,3 +88,39 @@ class Receiver:
                 self._arrived.clear()
                 await self._arrived.wait()
         return self.deliveries
+
+
+class Api:
+    """Raw HTTP against one realm with a fresh access token."""
+
+    def __init__(self, sandbox: Sandbox, session: aiohttp.ClientSession, access_token: str):
+        self.sandbox = sandbox
+        self.session = session
+        self.base = f"{sandbox.base_url}/v3/company/{sandbox.options.realm_ids[0]}"
+        self.headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+
+    @classmethod
+    async def connect(cls, sandbox: Sandbox, session: aiohttp.ClientSession) -> Api:
+        form = {
+            "grant_type": "refresh_token",
+            "refresh_token": sandbox.refresh_token(),
+            "client_id": sandbox.options.client_id,
+            "client_secret": sandbox.options.client_secret,
+        }
+        async with session.post(sandbox.token_url, data=form) as response:
+            return cls(sandbox, session, (await response.json())["access_token"])
+
+    async def get(self, path: str, **params: str) -> tuple[int, Any, aiohttp.ClientResponse]:
+        params.setdefault("minorversion", "75")
+        async with self.session.get(self.base + path, params=params, headers=self.headers) as r:
+            is_json = r.content_type == "application/json"
+            return r.status, await (r.json() if is_json else r.text()), r
+
+    async def query(self, text: str) -> tuple[int, Any]:
+        status, body, _ = await self.get("/query", query=text)
+        return status, body
+
+    async def cdc(self, entities: str, since: datetime | str) -> tuple[int, Any]:
+        stamp = since if isinstance(since, str) else since.isoformat()
+        status, body, _ = await self.get("/cdc", entities=entities, changedSince=stamp)
+        return status, body

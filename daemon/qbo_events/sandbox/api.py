@@ -33,6 +33,7 @@ from .state import STATE, State
 
 BATCH_LIMIT: Final = 30  # Intuit: at most 30 payloads per batch request
 BY_LOWER: Final = {e.lower(): e for e in catalog.ENTITIES}
+_READABLE: Final = {e.lower(): e for e in catalog.API_ENTITIES}
 
 Handler = Callable[[web.Request, State, Company], Awaitable[web.Response]]
 
@@ -71,9 +72,7 @@ def api_call(handler: Handler) -> Callable[[web.Request], Awaitable[web.Response
 def run_query(company: Company, text: str) -> dict[str, Any]:
     """The answer to one query statement, as the query endpoint and batch items give it."""
     parsed = query.parse(text)
-    if parsed.entity == "CompanyInfo":
-        objects = [company.company_info]
-    elif parsed.entity in catalog.ENTITIES:
+    if parsed.entity in catalog.API_ENTITIES:
         objects = company.objects(parsed.entity)
     else:
         raise parser_error(
@@ -133,7 +132,7 @@ async def read_endpoint(request: web.Request, state: State, company: Company) ->
         if object_id != company.realm_id:
             raise object_not_found("CompanyInfo", object_id)
         return json_response({"CompanyInfo": company.company_info, "time": pacific_ms(utc_now())})
-    entity = BY_LOWER.get(name.lower())
+    entity = _READABLE.get(name.lower())
     if entity is None:
         raise Fault(
             "Unsupported Operation", f"Operation Read is not supported for {name}", code="500"

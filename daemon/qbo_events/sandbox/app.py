@@ -7,19 +7,28 @@ from aiohttp.typedefs import Handler
 
 from . import api, control, oauth, writes
 from .responses import new_intuit_tid
-from .state import STATE, State
+from .state import REALM, STATE, State
 
 
 @web.middleware
 async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.name or "unmatched"
+    state = request.app[STATE]
     try:
         response = await handler(request)
     except web.HTTPException as error:
-        request.app[STATE].requests[f"{route} {error.status}"] += 1
+        state.requests[f"{route} {error.status}"] += 1
+        state.calls.record(route, _realm(request), error.status)
         raise
-    request.app[STATE].requests[f"{route} {response.status}"] += 1
+    state.requests[f"{route} {response.status}"] += 1
+    state.calls.record(route, _realm(request), response.status)
     return response
+
+
+def _realm(request: web.Request) -> str | None:
+    """The company a call was for: the API's path names it; a token call's grant leads to it."""
+    realm: str | None = request.match_info.get("realm_id") or request.get(REALM)
+    return realm
 
 
 async def _add_intuit_tid(request: web.Request, response: web.StreamResponse) -> None:

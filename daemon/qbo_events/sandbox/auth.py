@@ -117,6 +117,11 @@ class Tokens:
         self.refreshes += 1
         return self._answer(record.realm_id, new_token)
 
+    def realm_of(self, grant: str) -> str | None:
+        """The realm a refresh token or an authorization code was issued for, valid or not."""
+        record = self._refresh.get(grant)
+        return record.realm_id if record is not None else self._codes.get(grant)
+
     def authenticate(self, authorization: str | None) -> str:
         """The realm the bearer token was issued for; raise Unauthorized otherwise."""
         if not authorization or not authorization.lower().startswith("bearer "):

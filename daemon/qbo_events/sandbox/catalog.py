@@ -9,6 +9,53 @@ from ..quickbooks.resources import RESOURCES
 
 ENTITIES: Final = tuple(r.entity for r in RESOURCES)
 
+# Every entity of Intuit's API reference that Query, CDC and read by id name. The sandbox holds
+# objects of ENTITIES (and CompanyInfo) only; the rest answer as a company with none of them does:
+# an empty Query, an empty CDC block, Object Not Found. A client that syncs everything names them.
+API_ENTITIES: Final = (
+    "Account",
+    "Attachable",
+    "Bill",
+    "BillPayment",
+    "Budget",
+    "Class",
+    "CompanyCurrency",
+    "CompanyInfo",
+    "CreditCardPayment",
+    "CreditMemo",
+    "Customer",
+    "CustomerType",
+    "Department",
+    "Deposit",
+    "Employee",
+    "Entitlements",
+    "Estimate",
+    "ExchangeRate",
+    "Invoice",
+    "Item",
+    "JournalCode",
+    "JournalEntry",
+    "Payment",
+    "PaymentMethod",
+    "Preferences",
+    "Purchase",
+    "PurchaseOrder",
+    "RecurringTransaction",
+    "RefundReceipt",
+    "ReimburseCharge",
+    "SalesReceipt",
+    "TaxAgency",
+    "TaxClassification",
+    "TaxCode",
+    "TaxPayment",
+    "TaxRate",
+    "Term",
+    "TimeActivity",
+    "Transfer",
+    "Vendor",
+    "VendorCredit",
+)
+
 # Name lists are never hard-deleted: QuickBooks sets Active=false.
 NAME_LISTS: Final = frozenset(
     {

@@ -12,7 +12,7 @@ from .company import Company
 from .responses import Fault
 
 MAX_AGE: Final = timedelta(days=30)
-_KNOWN: Final = {e.lower(): e for e in (*catalog.ENTITIES, *catalog.CDC_REFUSED)}
+_KNOWN: Final = {e.lower(): e for e in catalog.API_ENTITIES}
 
 
 def _entities(text: str) -> list[str]:

@@ -118,7 +118,7 @@ def banner(sandbox: Sandbox) -> str:
         f"  api base url:    {sandbox.base_url}  (API under /v3/company/<realm id>/...)",
         f"  token url:       {sandbox.token_url}",
         f"  discovery url:   {sandbox.discovery_url}",
-        f"  control api:     {sandbox.base_url}/_sandbox/  (changes, faults, stats, connect)",
+        f"  control api:     {sandbox.base_url}/_sandbox/  (GET it for the list of endpoints)",
         f"  client id:       {o.client_id}",
         f"  client secret:   {o.client_secret}",
         f"  auth code:       {o.auth_code}  (accepted once, for realm {o.realm_ids[0]})",

@@ -112,17 +112,22 @@ class Company:
 
     # -- reading -------------------------------------------------------------------------------
 
+    # An entity of the API reference the company holds nothing of reads as empty, as in a real
+    # company that never used it; CompanyInfo is the one object outside the catalogue.
+
     def objects(self, entity: str) -> list[dict[str, Any]]:
-        return list(self._objects[entity].values())
+        if entity == "CompanyInfo":
+            return [self.company_info]
+        return list(self._objects.get(entity, {}).values())
 
     def get(self, entity: str, object_id: str) -> dict[str, Any] | None:
-        return self._objects[entity].get(object_id)
+        return self._objects.get(entity, {}).get(object_id)
 
     def changed_since(self, entity: str, since: datetime) -> list[dict[str, Any]]:
         """Live objects and tombstones whose LastUpdatedTime is at or after `since` (for CDC)."""
         return [
             obj
-            for obj in (*self._objects[entity].values(), *self._tombstones[entity])
+            for obj in (*self.objects(entity), *self._tombstones.get(entity, ()))
             if parse_timestamp(obj["MetaData"]["LastUpdatedTime"]) >= since
         ]
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
 import orjson
@@ -115,6 +116,16 @@ async def get_stats(request: web.Request) -> web.Response:
     return json_response(request.app[STATE].stats())
 
 
+async def get_calls(request: web.Request) -> web.Response:
+    """The latest QuickBooks calls answered, in order; `after` and `realm_id` narrow them."""
+    try:
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        return _bad("after must be an integer (a call's seq)")
+    calls = request.app[STATE].calls.calls(request.query.get("realm_id"), after)
+    return json_response({"calls": msgspec.to_builtins(calls)})
+
+
 async def flush_webhooks(request: web.Request) -> web.Response:
     emitter = request.app[STATE].emitter
     if emitter is None:
@@ -161,13 +172,96 @@ async def post_connect(request: web.Request) -> web.Response:
     return json_response(connection)
 
 
+class Endpoint(NamedTuple):
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.Response]]
+    name: str
+    description: str
+
+
+# The routes and the index page are made from this one list, so the index cannot fall behind.
+ENDPOINTS: Final = (
+    Endpoint(
+        "POST",
+        "/_sandbox/changes",
+        post_changes,
+        "control-changes",
+        'make changes now: {"entity", "operation", "realm_id"?, "count"?, "id"?}',
+    ),
+    Endpoint(
+        "GET",
+        "/_sandbox/changes",
+        get_changes,
+        "control-change-log",
+        "the change log, each change with the event a client must derive; ?after=seq&realm_id=",
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/faults",
+        post_faults,
+        "control-faults",
+        "switch faults: throttle, errors, error_status, slow, retry_after, expire_tokens, revoke, "
+        "max_per_second, max_per_minute",
+    ),
+    Endpoint(
+        "GET", "/_sandbox/faults", get_faults, "control-fault-state", "the faults switched on"
+    ),
+    Endpoint(
+        "GET",
+        "/_sandbox/stats",
+        get_stats,
+        "control-stats",
+        "counters: requests by route and status, calls by kind overall and per realm, tokens, "
+        "changes, webhooks, objects",
+    ),
+    Endpoint(
+        "GET",
+        "/_sandbox/calls",
+        get_calls,
+        "control-calls",
+        "the latest QuickBooks calls (kind, realm, status, time) in order; ?after=seq&realm_id=",
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/webhooks/flush",
+        flush_webhooks,
+        "control-flush",
+        "send the queued webhook notifications now",
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/webhooks/hold",
+        hold_webhooks,
+        "control-hold",
+        'hold webhook notifications back, or let them go: {"hold": true|false}',
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/generator",
+        post_generator,
+        "control-generator",
+        'set the random change rate: {"rate": changes per second}',
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/connect",
+        post_connect,
+        "control-connect",
+        'a fresh connection to a realm: a new refresh token and auth code; {"realm_id"}',
+    ),
+)
+
+
+async def get_index(request: web.Request) -> web.Response:
+    endpoints = [
+        {"method": e.method, "path": e.path, "description": e.description} for e in ENDPOINTS
+    ]
+    return json_response({"endpoints": endpoints})
+
+
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/_sandbox/changes", post_changes, name="control-changes")
-    app.router.add_get("/_sandbox/changes", get_changes, name="control-change-log")
-    app.router.add_post("/_sandbox/faults", post_faults, name="control-faults")
-    app.router.add_get("/_sandbox/faults", get_faults, name="control-fault-state")
-    app.router.add_get("/_sandbox/stats", get_stats, name="control-stats")
-    app.router.add_post("/_sandbox/webhooks/flush", flush_webhooks, name="control-flush")
-    app.router.add_post("/_sandbox/webhooks/hold", hold_webhooks, name="control-hold")
-    app.router.add_post("/_sandbox/generator", post_generator, name="control-generator")
-    app.router.add_post("/_sandbox/connect", post_connect, name="control-connect")
+    app.router.add_get("/_sandbox/", get_index, name="control-index")
+    app.router.add_get("/_sandbox", get_index, name="control-index-bare")
+    for e in ENDPOINTS:
+        app.router.add_route(e.method, e.path, e.handler, name=e.name)

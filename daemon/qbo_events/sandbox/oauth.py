@@ -10,7 +10,7 @@ from aiohttp import hdrs, web
 
 from .auth import InvalidClient, InvalidGrant
 from .responses import json_response
-from .state import STATE
+from .state import REALM, STATE
 
 TOKEN_PATH = "/oauth2/v1/tokens/bearer"
 REVOKE_PATH = "/oauth2/v1/tokens/revoke"
@@ -51,6 +51,9 @@ async def token(request: web.Request) -> web.Response:
     except InvalidClient:
         return _oauth_error("invalid_client", None, 401)
     grant_type = form.get("grant_type", "")
+    realm_id = state.tokens.realm_of(form.get("refresh_token") or form.get("code") or "")
+    if realm_id is not None:
+        request[REALM] = realm_id
     try:
         if grant_type == "refresh_token":
             if not form.get("refresh_token"):

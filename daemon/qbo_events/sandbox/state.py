@@ -9,7 +9,9 @@ from typing import Any
 
 from aiohttp import web
 
+from . import catalog
 from .auth import Tokens
+from .calls import CallLog
 from .company import ChangeLog, ChangeRecord, Company
 from .faults import FaultSwitches, RateLimiter
 from .generator import ChangeGenerator
@@ -29,6 +31,7 @@ class State:
     rng: random.Random
     emitter: WebhookEmitter | None = None
     requests: Counter[str] = field(default_factory=Counter)
+    calls: CallLog = field(default_factory=CallLog)
 
     @classmethod
     def build(cls, options: SandboxOptions) -> State:
@@ -97,8 +100,16 @@ class State:
         count: int = 1,
         object_id: str | None = None,
     ) -> list[ChangeRecord]:
-        """Apply `count` changes now; ValueError when the entity cannot take the operation."""
+        """Apply `count` changes now; ValueError when the entity cannot take the operation.
+
+        The operation is named in any case (`create`, `Create`); an unknown one is refused with
+        the accepted names."""
         company = self.company(realm_id)
+        known = {name.lower(): name for name in catalog.OPERATIONS}
+        if operation.lower() not in known:
+            accepted = ", ".join(catalog.OPERATIONS)
+            raise ValueError(f"unknown operation {operation!r}; accepted: {accepted}")
+        operation = known[operation.lower()]
         made: list[ChangeRecord] = []
         for _ in range(count):
             made.extend(company.apply(entity, operation, object_id))
@@ -116,6 +127,8 @@ class State:
     def stats(self) -> dict[str, Any]:
         return {
             "requests": dict(sorted(self.requests.items())),
+            "calls": self.calls.by_kind(),
+            "calls_by_realm": self.calls.by_realm(),
             "throttled_by_limits": self.limiter.refused,
             "token_refreshes": self.tokens.refreshes,
             "refresh_tokens": self.tokens.current_refresh_tokens(),
@@ -132,3 +145,4 @@ class State:
 
 
 STATE = web.AppKey("state", State)
+REALM = web.RequestKey("realm_id", str)  # set on a token request whose grant names a realm
