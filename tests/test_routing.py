@@ -22,12 +22,16 @@ from qbo_events.routing import Routes
 AT = "2026-11-27T13:04:47.657Z"
 
 
-def instance(name: str, realm: str, urls: str = "", vendor: str = "webhooks") -> Instance:
+def instance(
+    name: str, realm: str, urls: str = "", vendor: str = "webhooks", *, enabled: bool = True
+) -> Instance:
     return Instance(
         name=name,
         realm_id=realm,
         event=EventSettings(
-            notification=Notification(callback=Callback(url="http://127.0.0.1:9/hook")),
+            notification=Notification(
+                enabled=enabled, callback=Callback(url="http://127.0.0.1:9/hook")
+            ),
             vendor=Vendor(type=vendor),
             poller=Poller(urls=urls),
         ),
@@ -178,6 +182,15 @@ def test_a_change_one_instance_of_the_realm_takes_is_not_unsubscribed() -> None:
     routed = ROUTES.route(parse_webhook(orjson.dumps([cloudevent("qbo.estimate.emailed.v1", "9")])))
     assert [e.instance for e in routed.events] == ["all"]
     assert routed.unsubscribed == 0
+
+
+def test_a_realm_whose_instance_has_notifications_off_is_served_but_unsubscribed() -> None:
+    routes = Routes(Config(instances=[instance("quiet", "555", enabled=False)]))
+    routed = routes.route(
+        parse_webhook(orjson.dumps([cloudevent("qbo.invoice.void.v1", "1", "555")]))
+    )
+    assert (routed.events, routed.unknown, routed.unsubscribed) == ([], 0, 1)
+    assert not routes.polled_only("555")
 
 
 def test_events_keeps_its_two_counts() -> None:

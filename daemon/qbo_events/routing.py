@@ -24,8 +24,12 @@ class Routes:
         # Realms an instance polls: QuickBooks may send their webhooks too, but they are known.
         self._polled = frozenset(i.realm_id for i in config.instances if i.polls)
         for inst in config.instances:
+            if not inst.takes_webhooks:
+                continue
             # An instance with notifications off gets nothing: its events could never leave.
-            if not inst.takes_webhooks or not inst.event.notification.enabled:
+            # Its realm is still known, so what it is sent counts as unsubscribed, not unknown.
+            if not inst.event.notification.enabled:
+                self._by_realm.setdefault(inst.realm_id, [])
                 continue
             urls = inst.event.poller.urls
             wanted = frozenset(inst.event.poller.resources) if urls else None
