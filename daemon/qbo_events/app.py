@@ -28,6 +28,7 @@ from qbo_events.listeners import Listener, Site, raise_open_files_limit
 from qbo_events.metrics import Metrics
 from qbo_events.ops import health_app
 from qbo_events.outbox import Outbox
+from qbo_events.quickbooks.meter import CallMeter
 from qbo_events.routing import Routes
 from qbo_events.sinks.sender import Sender, targets_from
 from qbo_events.sources.pollers import Pollers
@@ -62,6 +63,7 @@ class Daemon:
         self._sender: Sender | None = None
         self._listener: WebhookListener | None = None
         self._pollers: Pollers | None = None
+        self._meter: CallMeter | None = None
         self._api_calls_seen: dict[str, int] = {}
 
     # -- the whole lifetime --------------------------------------------------------------------
@@ -91,6 +93,11 @@ class Daemon:
         state = held(Path(config.state_dir), outbox)
         async with state, _client_session() as http, aiohttp.ClientSession() as qbo_http:
             self._outbox = outbox
+            meter = self._meter = CallMeter(
+                outbox, on_count=lambda kind: self.metrics.quickbooks_calls.labels(kind).inc()
+            )
+            # The month's calls so far, so that a restart does not start the month over.
+            await meter.load()
             sender = self._sender = Sender(
                 outbox,
                 http,
@@ -114,6 +121,7 @@ class Daemon:
                 http=qbo_http,
                 metrics=self.metrics,
                 on_accepted=lambda name: self._wake_senders({name}),
+                meter=meter,
             )
             sinks_stop = asyncio.Event()
             sources_stop = asyncio.Event()
@@ -130,6 +138,8 @@ class Daemon:
                         self.notifier.run_watchdog(sinks_stop, self._wedged), name="watchdog"
                     )
                     sinks.create_task(self._report(sinks_stop), name="report")
+                    # In the sinks' group: its last flush comes after the pollers have stopped.
+                    sinks.create_task(meter.run(sinks_stop), name="meter")
                     try:
                         async with asyncio.TaskGroup() as sources:
                             sources.create_task(pollers.run(config, sources_stop), name="pollers")
@@ -330,6 +340,10 @@ class Daemon:
                 self.metrics.needs_reauthorization.labels(name).set(int(refused))
             for resource, lag in self._pollers.lags(time.time()).items():
                 self.metrics.poll_lag.labels(resource).set(lag)
+        if self._meter is not None:
+            self.metrics.quickbooks_calls_month.set(self._meter.total())
+            self.metrics.quickbooks_calls_projection.set(self._meter.stats()["projection"])
+        if self._pollers is not None:
             calls = self._pollers.client_stats().get("calls", {})
             for status, count in calls.items():
                 # The client keeps plain counts; the Prometheus counter takes the increase.
@@ -373,10 +387,14 @@ class Daemon:
                     "callback_host": urlsplit(inst.callback_url).hostname,
                     "resources": {},
                     **(self._pollers.instance_stats(inst.name) if self._pollers else {}),
+                    **({"api_calls": self._meter.instance_stats(inst.name)} if self._meter else {}),
                 }
                 for inst in config.instances
             },
-            "quickbooks": self._pollers.client_stats() if self._pollers else {},
+            "quickbooks": {
+                **(self._pollers.client_stats() if self._pollers else {}),
+                **({"api_calls": self._meter.stats()} if self._meter else {}),
+            },
             "webhooks": self._listener.stats() if self._listener else {},
             "outbox": {
                 **(self._outbox.stats() if self._outbox else {}),

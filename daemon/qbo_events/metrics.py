@@ -71,6 +71,22 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.quickbooks_calls = Counter(
+            "qbo_events_quickbooks_calls",
+            "QuickBooks requests sent, by metered kind (cdc, query, read, batch, token)",
+            ["kind"],
+            registry=r,
+        )
+        self.quickbooks_calls_month = Gauge(
+            "qbo_events_quickbooks_calls_month",
+            "QuickBooks requests of all instances this calendar month (UTC), kept over restarts",
+            registry=r,
+        )
+        self.quickbooks_calls_projection = Gauge(
+            "qbo_events_quickbooks_calls_month_projected",
+            "This month's total if requests go on at the month's rate so far",
+            registry=r,
+        )
         self.needs_reauthorization = Gauge(
             "qbo_events_needs_reauthorization",
             "1 when the instance's refresh token was refused (invalid_grant)",

@@ -61,6 +61,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     body BLOB NOT NULL,
     updated_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS api_calls (
+    month TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    PRIMARY KEY (month, instance, kind)
+) WITHOUT ROWID;
 """
 
 PENDING: Final = "pending"
@@ -334,6 +341,36 @@ class Outbox:
                 (instance, body, now),
             )
         )
+
+    # -- QuickBooks call metering --------------------------------------------------------------
+
+    async def load_api_calls(self, month: str) -> dict[tuple[str, str], int]:
+        """The stored calls of `month` (`2026-12`) per (instance, kind)."""
+
+        def op(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+            rows = conn.execute(
+                "SELECT instance, kind, count FROM api_calls WHERE month = ?", (month,)
+            ).fetchall()
+            return {(str(i), str(k)): int(c) for i, k, c in rows}
+
+        return self._read(op)
+
+    async def save_api_calls(
+        self, rows: list[tuple[str, str, str, int]], *, prune_before: str, durable: bool
+    ) -> None:
+        """Store the counts (month, instance, kind, count) as they stand; drop months before
+        `prune_before`."""
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "INSERT INTO api_calls (month, instance, kind, count) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (month, instance, kind) DO UPDATE SET"
+                " count = max(count, excluded.count)",
+                rows,
+            )
+            conn.execute("DELETE FROM api_calls WHERE month < ?", (prune_before,))
+
+        await self._run(op, durable=durable)
 
     # -- delivery ------------------------------------------------------------------------------
 

@@ -87,6 +87,7 @@ def render(status: dict[str, Any]) -> str:
         lines.append(f"last reload {reload['at']}: {result}")
     lines.append("")
     lines += _loops_table(status.get("instances") or {})
+    lines += _calls_lines(status)
     outbox = status.get("outbox") or {}
     deliveries = status.get("deliveries") or {}
     lines += [
@@ -160,6 +161,23 @@ def _loops_table(instances: dict[str, Any]) -> list[str]:
         first, *more = textwrap.wrap(row[6], ERROR_WIDTH) or [""]
         lines.append(line((*row[:6], first)))
         lines += [indent + part for part in more]
+    return lines
+
+
+def _calls_lines(status: dict[str, Any]) -> list[str]:
+    """The month's QuickBooks calls: the app's total (Intuit meters per app), then each instance."""
+    month = (status.get("quickbooks") or {}).get("api_calls")
+    if not month:
+        return []
+    lines = [
+        "",
+        f"quickbooks calls {month.get('month')}: {month.get('total', 0)}, "
+        f"projected {month.get('projection', 0)} for the month",
+    ]
+    for name, inst in (status.get("instances") or {}).items():
+        calls = inst.get("api_calls") or {}
+        kinds = ", ".join(f"{k} {v}" for k, v in (calls.get("by_kind") or {}).items())
+        lines.append(f"  {name}: {calls.get('total', 0)}" + (f" ({kinds})" if kinds else ""))
     return lines
 
 

@@ -22,6 +22,7 @@ from qbo_events.errors import (
 )
 from qbo_events.quickbooks.faults import Fault, json_fault, parse_fault
 from qbo_events.quickbooks.limits import REQUESTS_PER_SECOND, RealmLimiter
+from qbo_events.quickbooks.meter import kind_of
 from qbo_events.quickbooks.oauth import TokenManager
 from qbo_events.sinks.retry import parse_retry_after
 
@@ -70,8 +71,10 @@ class QuickBooksClient:
         requests_per_second: int = REQUESTS_PER_SECOND,
         request_timeout: float = REQUEST_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        count_call: Callable[[str, str], None] | None = None,
     ) -> None:
         self._http = http
+        self._count_call = count_call  # (instance, kind) of every request sent
         self._base_url = base_url.rstrip("/")
         self._minor_version = minor_version
         self._requests_per_minute = requests_per_minute
@@ -152,7 +155,7 @@ class QuickBooksClient:
         while True:
             # Asked each time round: a throttled call may have waited past the token's expiry.
             token = await tokens.access_token()
-            answer = await self._send(limiter, url, token, path)
+            answer = await self._send(limiter, url, token, path, tokens.instance)
             data, fault = _interpret(answer)
 
             if answer.status == 401:
@@ -204,9 +207,14 @@ class QuickBooksClient:
                 )
             return data
 
-    async def _send(self, limiter: RealmLimiter, url: URL, token: str, path: str) -> _Answer:
+    async def _send(
+        self, limiter: RealmLimiter, url: URL, token: str, path: str, instance: str
+    ) -> _Answer:
         """One HTTP exchange inside a realm slot; network failures become QuickBooksUnavailable."""
         async with limiter.slot():
+            if self._count_call is not None:
+                # Counted as it leaves: Intuit meters each request, retries and failures included.
+                self._count_call(instance, kind_of(path))
             try:
                 async with self._http.get(
                     url,

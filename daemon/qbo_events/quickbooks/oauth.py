@@ -117,8 +117,10 @@ class TokenManager:
         store: TokenStore,
         initial_refresh_token: str,
         clock: Callable[[], float] = time.time,
+        count_call: Callable[[str, str], None] | None = None,
     ) -> None:
         self.instance = instance
+        self._count_call = count_call  # told of each token request, as (instance, "token")
         self._http = http
         self._token_url = token_url
         self._client_id = client_id
@@ -230,6 +232,8 @@ class TokenManager:
 
     async def _exchange_and_save(self, tokens: Tokens) -> Tokens:
         form = {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token}
+        if self._count_call is not None:
+            self._count_call(self.instance, "token")
         try:
             fresh = await _token_request(
                 self._http,

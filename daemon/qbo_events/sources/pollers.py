@@ -16,6 +16,7 @@ from qbo_events.config import Config, Instance
 from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox
 from qbo_events.quickbooks.client import QuickBooksClient
+from qbo_events.quickbooks.meter import CallMeter
 from qbo_events.quickbooks.oauth import TokenManager, api_base_for, token_url_for
 from qbo_events.quickbooks.resources import BY_NAME
 from qbo_events.sources.poller import LoopState, ResourceLoop
@@ -40,8 +41,10 @@ class Pollers:
         http: aiohttp.ClientSession,
         metrics: Metrics,
         on_accepted: Callable[[str], None],
+        meter: CallMeter | None = None,
     ) -> None:
         self._outbox = outbox
+        self._count_call = meter.count if meter is not None else None
         self._http = http
         self._metrics = metrics
         self._on_accepted = on_accepted
@@ -98,6 +101,7 @@ class Pollers:
                 minor_version=minor,
                 requests_per_minute=per_minute,
                 max_concurrent_requests=concurrent,
+                count_call=self._count_call,
             )
             self._client_key = client_key
         wanted: dict[tuple[str, str], Instance] = {}
@@ -172,6 +176,7 @@ class Pollers:
             client_secret=qb.client_secret,
             store=self._outbox,
             initial_refresh_token=inst.refresh_token,
+            count_call=self._count_call,
         )
         self._token_key[inst.name] = key
 
