@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import signal
@@ -79,6 +80,11 @@ def test_runs_until_sigterm_and_prints_every_option() -> None:
         assert "realm id:        77  refresh token: sandbox-refresh-token" in banner
         with urllib.request.urlopen(f"{match.group(1)}/_sandbox/stats", timeout=5) as response:
             assert response.status == 200 and response.headers["intuit_tid"]
+        # The control URL the banner prints answers with the list of control endpoints.
+        control = re.search(r"control api: +(\S+)", banner)
+        assert control, banner
+        with urllib.request.urlopen(control.group(1), timeout=5) as response:
+            assert response.status == 200 and json.load(response)["endpoints"]
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=10) == 0
         assert "stopped" in process.stdout.read()
