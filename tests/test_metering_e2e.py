@@ -84,6 +84,10 @@ def test_calls_are_counted_by_kind_and_survive_a_restart(
     assert re.search(rf"^quickbooks calls {month['month']}: \d+, projected \d+", shown.stdout, re.M)
     assert re.search(r"^  acme: \d+ \(cdc \d+, query \d+, .*token \d+\)$", shown.stdout, re.M)
 
+    # The day's projection, logged once (a JSON line).
+    wait_for(lambda: '"quickbooks.calls_month"' in d.stderr(), what="the projection in the log")
+    line = next(x for x in d.stderr().splitlines() if '"quickbooks.calls_month"' in x)
+    assert '"projection"' in line
     assert d.stop() == 0
     before = sandbox_calls(sandbox)  # every call of the first run, the last ones included
     d.start()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import datetime as dt
 from pathlib import Path
 
 import pytest
+from qbo_events.errors import OutboxError
 from qbo_events.outbox import Outbox
 from qbo_events.quickbooks.meter import (
     CallMeter,
@@ -156,3 +158,24 @@ async def test_the_client_and_token_manager_count_every_request_by_kind(
         await q.client.query(q.realm, tokens, ONE)
         assert meter.by_kind("acme") == {"cdc": 1, "query": 3, "read": 1, "token": 1}
         assert sum(q.sandbox.stats()["requests"].values()) == meter.total()
+
+
+@pytest.mark.anyio
+async def test_run_saves_at_stop_and_keeps_counts_a_failed_flush_could_not_save(
+    tmp_path: Path,
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", durability="normal")
+    await outbox.open()
+    meter = CallMeter(outbox)
+    meter.count("acme", "cdc")
+    await outbox.close()
+    with pytest.raises(OutboxError):
+        await meter.flush()
+    await outbox.open()
+    meter.count("acme", "query")
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        group.create_task(meter.run(stop))
+        stop.set()
+    assert await outbox.load_api_calls(meter.month) == {("acme", "cdc"): 1, ("acme", "query"): 1}
+    await outbox.close()

@@ -128,16 +128,28 @@ class CallMeter:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush every FLUSH_INTERVAL and once more at `stop`; log the projection once a day."""
-        while not stop.is_set():
+        failing = False
+        while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(FLUSH_INTERVAL):
                     await stop.wait()
+            # Read before the flush: a stop that comes during it still gets a last one.
+            last = stop.is_set()
             self.log_daily()
             try:
                 # The last flush waits for the disk: a clean stop must not lose counts.
-                await self.flush(durable=stop.is_set())
+                await self.flush(durable=last)
             except OutboxError as exc:
-                log.warning("quickbooks.calls_not_saved", error=str(exc))
+                # Once per outage, not every few seconds: the outbox reports the storage itself.
+                if not failing:
+                    log.warning("quickbooks.calls_not_saved", error=str(exc))
+                failing = True
+            else:
+                if failing:
+                    log.info("quickbooks.calls_saved_again")
+                failing = False
+            if last:
+                return
 
     def log_daily(self) -> bool:
         """Log the month so far and its projection, the first time this is asked each UTC day."""
