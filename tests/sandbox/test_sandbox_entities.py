@@ -170,4 +170,5 @@ async def test_python_quickbooks_syncs_everything(
         assert [i.Id for i in result.Invoice] == [made]
         assert not hasattr(result, "Budget")
         assert budgets == []
+        assert [c.kind for c in sandbox.calls()] == ["token", "cdc", "query"]
         assert sandbox.stats()["calls"]["cdc"] == 1

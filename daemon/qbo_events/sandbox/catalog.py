@@ -1,4 +1,4 @@
-"""What the simulated company holds: the 22 entities, their operations and plausible fields."""
+"""What the simulated company holds: the 22 entities, their operations, plausible fields."""
 
 from __future__ import annotations
 

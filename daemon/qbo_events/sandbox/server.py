@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import build_app
+from .calls import Call
 from .company import ChangeRecord, Company
 from .control import FaultRequest, apply_faults
 from .oauth import TOKEN_PATH
@@ -133,6 +134,10 @@ class Sandbox:
 
     def change_log(self, realm_id: str | None = None, after: int = 0) -> list[ChangeRecord]:
         return self.state.log.records(realm_id, after)
+
+    def calls(self, realm_id: str | None = None, after: int = 0) -> list[Call]:
+        """The QuickBooks calls answered, in order, as GET /_sandbox/calls lists them."""
+        return self.state.calls.calls(realm_id, after)
 
     def set_faults(self, **switches: Any) -> dict[str, Any]:
         """Keyword arguments as for POST /_sandbox/faults (throttle=2, expire_tokens=True, ...)."""
