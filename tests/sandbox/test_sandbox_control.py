@@ -44,16 +44,21 @@ async def test_the_index_lists_every_control_endpoint(
                 assert response.status not in (404, 405), endpoint
 
 
-@pytest.mark.parametrize("operation", ["create", "CREATE", "Create", "emailed"])
-async def test_operation_names_are_case_insensitive(
-    options: Callable[..., SandboxOptions], operation: str
+@pytest.mark.parametrize(
+    ("entity", "operation"),
+    [("Invoice", "create"), ("Invoice", "CREATE"), ("invoice", "Create"), ("INVOICE", "emailed")],
+)
+async def test_operation_and_entity_names_are_case_insensitive(
+    options: Callable[..., SandboxOptions], entity: str, operation: str
 ) -> None:
     async with Sandbox(options()) as sandbox, aiohttp.ClientSession() as session:
-        wanted = {"entity": "Invoice", "operation": operation}
+        wanted = {"entity": entity, "operation": operation}
         async with session.post(f"{sandbox.base_url}/_sandbox/changes", json=wanted) as response:
             assert response.status == 200, await response.text()
             made = (await response.json())["changes"]
-        assert [c["operation"] for c in made] == [operation.capitalize()]
+        assert [(c["entity"], c["operation"]) for c in made] == [
+            ("Invoice", operation.capitalize())
+        ]
 
 
 async def test_an_unknown_operation_is_refused_naming_the_accepted_ones(

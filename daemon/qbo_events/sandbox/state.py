@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -17,6 +17,8 @@ from .faults import FaultSwitches, RateLimiter
 from .generator import ChangeGenerator
 from .options import SandboxOptions
 from .webhooks import WebhookEmitter
+
+_ENTITY_BY_LOWER: Final = {e.lower(): e for e in catalog.ENTITIES}
 
 
 @dataclass
@@ -102,14 +104,15 @@ class State:
     ) -> list[ChangeRecord]:
         """Apply `count` changes now; ValueError when the entity cannot take the operation.
 
-        The operation is named in any case (`create`, `Create`); an unknown one is refused with
-        the accepted names."""
+        The entity and the operation are named in any case (`invoice`, `create`); an unknown
+        operation is refused with the accepted names."""
         company = self.company(realm_id)
         known = {name.lower(): name for name in catalog.OPERATIONS}
         if operation.lower() not in known:
             accepted = ", ".join(catalog.OPERATIONS)
             raise ValueError(f"unknown operation {operation!r}; accepted: {accepted}")
         operation = known[operation.lower()]
+        entity = _ENTITY_BY_LOWER.get(entity.lower(), entity)
         made: list[ChangeRecord] = []
         for _ in range(count):
             made.extend(company.apply(entity, operation, object_id))
