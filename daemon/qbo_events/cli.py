@@ -155,6 +155,9 @@ def _check(args: argparse.Namespace) -> int:
             if inst.polls
             else f"webhooks only, {len(poller.resources)} resources"
         )
+        slow = [name for name in poller.resources if name in config_module.SLOW_RESOURCES]
+        if inst.polls and slow and poller.slow_interval_seconds is not None:
+            reads += f" ({len(slow)} of them every {poller.slow_interval_seconds:g} s)"
         print(
             f"    {inst.name}: realm {inst.realm_id}, {inst.event.vendor.type}, {reads} "
             f"-> {inst.callback_url}"

@@ -87,10 +87,18 @@ class Vendor(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     type: Literal["polling", "webhook", "webhooks", "hybrid"] = "polling"
 
 
+# Lists that change seldom, so event.poller.slow_interval may poll them less often.
+SLOW_RESOURCES: Final = frozenset(
+    {"classes", "credit-terms", "currencies", "payment-methods", "tax-codes", "tax-rates"}
+)
+
+
 class Poller(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     # The string forms are Open Connectors' own ("15", "invoices|customers"); the properties
     # below give the parsed values, which validation has already proven parseable.
     refresh_interval: float | str = 15.0
+    # Minutes for the SLOW_RESOURCES; 0 (the default) polls them every refresh_interval too.
+    slow_interval: float | str = 0.0
     urls: list[str] | str = field(default_factory=list)
     overlap: NonNegative = 60.0
     since: str = ""
@@ -98,6 +106,17 @@ class Poller(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     @property
     def interval_seconds(self) -> float:
         return float(self.refresh_interval) * 60.0
+
+    @property
+    def slow_interval_seconds(self) -> float | None:
+        """The slow resources' interval, or None when they poll at the refresh interval."""
+        minutes = float(self.slow_interval)
+        return minutes * 60.0 if minutes else None
+
+    def interval_for(self, resource: str) -> float:
+        """Seconds between polls of `resource` (an Open Connectors name)."""
+        slow = self.slow_interval_seconds
+        return slow if slow is not None and resource in SLOW_RESOURCES else self.interval_seconds
 
     @property
     def resources(self) -> tuple[str, ...]:
@@ -317,7 +336,11 @@ def _under(problem: str, paths: set[str]) -> bool:
 
 
 def _unknown_key(path: str, key: str, known: Iterable[str]) -> str:
-    near = difflib.get_close_matches(key, list(known), n=1)
+    # A key that contains what was typed wins, the first declared: `interval` is nearer to
+    # slow_interval by spelling, but the one meant is almost always refresh_interval.
+    names = list(known)
+    near = [name for name in names if len(key) > 2 and key in name][:1]
+    near = near or difflib.get_close_matches(key, names, n=1)
     return f"{path}: unknown key" + (f"; did you mean {near[0]}?" if near else "")
 
 
@@ -542,6 +565,20 @@ def _http_url(url: str, *, need_host: bool) -> bool:
     return parts.scheme in ("http", "https") and (bool(parts.hostname) or not need_host)
 
 
+def _validate_slow_interval(poller: Poller, refresh: float, where: str) -> list[str]:
+    key = f"{where}.poller.slow_interval"
+    try:
+        minutes = float(poller.slow_interval)
+    except ValueError:
+        return [f"{key}: must be a number of minutes (got {poller.slow_interval!r})"]
+    if not math.isfinite(minutes * 60.0):
+        return [f"{key}: must be a finite number of minutes"]
+    # Off is 0; a slow interval shorter than the refresh interval would poll the slow lists faster.
+    if minutes and minutes < refresh:
+        return [f"{key}: must be 0 (off) or >= refresh_interval ({refresh:g} minutes)"]
+    return []
+
+
 def _validate_event(event: EventSettings, where: str) -> list[str]:
     problems: list[str] = []
     url = event.notification.callback.url
@@ -562,6 +599,8 @@ def _validate_event(event: EventSettings, where: str) -> list[str]:
             problems.append(f"{where}.poller.refresh_interval: must be a finite number of minutes")
         elif minutes <= 0:
             problems.append(f"{where}.poller.refresh_interval: must be > 0")
+        else:
+            problems += _validate_slow_interval(poller, minutes, where)
     try:
         parse_resource_list(poller.urls)
     except ValueError as exc:

@@ -16,7 +16,7 @@ SHORTEST_SENSIBLE_MINUTES: Final = 1.0
 def calls_per_minute(instance: Instance) -> float:
     """One CDC or Query call per resource per poll, the usual cost of a poll with little news."""
     poller = instance.event.poller
-    return len(poller.resources) / (poller.interval_seconds / 60.0)
+    return sum(60.0 / poller.interval_for(name) for name in poller.resources)
 
 
 def warnings(config: Config) -> list[str]:

@@ -69,7 +69,7 @@ class LoopState:
 
 
 class ResourceLoop:
-    """Polls one resource of one instance every `refresh_interval`."""
+    """Polls one resource of one instance every `refresh_interval` (or `slow_interval`)."""
 
     def __init__(
         self,
@@ -120,6 +120,11 @@ class ResourceLoop:
             "last_error": self.last_error,
             "events": self.events,
         }
+
+    @property
+    def interval(self) -> float:
+        """Seconds between polls, read afresh so that a reload applies to the wait under way."""
+        return self.instance.event.poller.interval_for(self.resource.name)
 
     def __repr__(self) -> str:
         return f"<ResourceLoop {self.instance.name}/{self.resource.name} {self.state}>"
@@ -190,7 +195,7 @@ class ResourceLoop:
         the interval; it also ends an endless pause, so the loop tries again."""
         while not self.stopped:
             self._wakeup.clear()
-            interval = self.instance.event.poller.interval_seconds
+            interval = self.interval
             seconds = interval if pause is None else pause
             if not math.isinf(seconds):
                 seconds = min(seconds, interval)
