@@ -144,7 +144,7 @@ class Pollers:
             self._loops[key] = loop
             # Spread the first polls over the first interval, in a stable order.
             share = (index + zlib.crc32(inst.name.encode()) % count) % count / count
-            first = inst.event.poller.interval_seconds * share
+            first = loop.interval * share
             self._group.create_task(self._run_loop(loop, first), name=f"poll:{key[0]}/{key[1]}")
 
     async def _run_loop(self, loop: ResourceLoop, first_delay: float) -> None:
@@ -204,7 +204,7 @@ class Pollers:
                 health.PollProgress(
                     name=f"{inst}/{res}",
                     silent_for=now - max(loop.progress_at, pause_ends),
-                    deadline=health.poll_deadline(loop.instance.event.poller.interval_seconds),
+                    deadline=health.poll_deadline(loop.interval),
                 )
             )
         return polls
