@@ -28,14 +28,9 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(autouse=True)
-def restore_logging() -> Iterator[None]:
+def clean_logging(restore_logging: None) -> Iterator[None]:
     """Each test configures logging for itself; leave the process as it was found."""
-    root = logging.getLogger()
-    handlers, level, config = root.handlers[:], root.level, structlog.get_config()
     yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
     structlog.contextvars.clear_contextvars()
     logs.set_secrets([])
 
