@@ -240,16 +240,13 @@ def api_calls_200(text: str) -> float:
 # -- one measurement -------------------------------------------------------------------------
 
 
-def polls_of(requests: dict[str, int]) -> tuple[int, int, int]:
-    """(polls, API calls, API calls not answered 200) from the sandbox's request counts.
-
-    A CDC resource makes one call per poll; a Query resource one per page, which is one here
-    (a few seeded objects, none changed). So polls = API calls while nothing pages.
-    """
+def polls_of(requests: dict[str, int]) -> tuple[int, int]:
+    """(API calls, API calls not answered 200) from the sandbox's request counts. Polls are the
+    daemon's own count: the CDC reads of one company share a call (QBO_EVENTS_COALESCE=0 not)."""
     api = {k: v for k, v in requests.items() if k.split()[0] in ("cdc", "query", "query-post")}
     calls = sum(api.values())
     bad = sum(v for k, v in api.items() if not k.endswith(" 200"))
-    return calls, calls, bad
+    return calls, bad
 
 
 def measure(args: argparse.Namespace, n: int, interval_s: float) -> dict[str, Any]:
@@ -297,13 +294,14 @@ def measure(args: argparse.Namespace, n: int, interval_s: float) -> dict[str, An
         scrape_cpu = cpu_seconds(daemon.pid) - scrape_cpu0
         scrape_wall = time.monotonic() - scrape_t0
 
-        polls1, calls1, bad1 = polls_of(req1)
-        polls0, calls0, bad0 = polls_of(req0)
-        polls, calls, bad = polls1 - polls0, calls1 - calls0, bad1 - bad0
+        calls1, bad1 = polls_of(req1)
+        calls0, bad0 = polls_of(req0)
+        calls, bad = calls1 - calls0, bad1 - bad0
         names = ("qbo_events_poll_duration_seconds_sum", "qbo_events_poll_duration_seconds_count")
         m0, m1 = metric_sums(text0, names), metric_sums(text1, names)
         poll_count = m1[names[1]] - m0[names[1]]
         poll_mean = (m1[names[0]] - m0[names[0]]) / poll_count if poll_count else float("nan")
+        polls = int(poll_count)
         daemon_calls = api_calls_200(text1) - api_calls_200(text0)
         elapsed = t1 - t0
         cpu = cpu1 - cpu0
@@ -323,6 +321,8 @@ def measure(args: argparse.Namespace, n: int, interval_s: float) -> dict[str, An
             "cpu_s_per_cycle": cpu / cycles if cycles else float("nan"),
             "cpu_ms_per_poll": cpu / polls * 1000 if polls else float("nan"),
             "api_calls_per_cycle": calls / cycles if cycles else float("nan"),
+            # A 30-day month at a 15-minute interval: 2,880 cycles.
+            "api_calls_per_company_month_15min": calls / cycles / n * 2880 if cycles else 0.0,
             "poll_mean_ms": poll_mean * 1000,
             "daemon_core_share": cpu / elapsed,
             "writer_thread_share": (threads1[1] - threads0[1]) / cpu if cpu else float("nan"),
@@ -435,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rss_mb", "rss_peak_mb", "target_core_pct", "daemon_core_share",
                 "sandbox_core_share", "metrics_scrape_cpu_s", "metrics_bytes",
                 "writer_thread_share", "log_lines_per_poll", "rss_hwm_mb",
+                "api_calls_per_company_month_15min",
             )
         }  # fmt: skip
         summary[n] = s
@@ -502,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{s['api_calls_not_200']:.0f}; log lines per poll: {s['log_lines_per_poll']:.2f}; "
             f"RSS peak in window {s['rss_peak_mb']:.0f} MB, high-water mark "
             f"{s['rss_hwm_mb']:.0f} MB; one /metrics scrape: {s['metrics_bytes'] / 1e6:.1f} MB, "
-            f"{s['metrics_scrape_cpu_s'] * 1000:.0f} ms CPU"
+            f"{s['metrics_scrape_cpu_s'] * 1000:.0f} ms CPU; API calls per company-month at "
+            f"15 min: {s['api_calls_per_company_month_15min']:,.0f}"
         )
     worst_cpu = max(s["target_core_pct"] for s in summary.values())
     if TARGET_INSTANCES in summary:

@@ -491,21 +491,22 @@ def test_changes_made_before_a_resource_first_polls_are_delivered(
     daemon_factory: Callable[..., DaemonProcess],
     receiver: Receiver,
 ) -> None:
-    # Two loops spread over a 12 s interval: one polls at once, the other about 6 s later. Its
-    # first cursor is the daemon's start, so a change made before its first poll still counts.
-    sandbox = sandbox_factory()
-    d = daemon_factory(
+    # Two instances spread over a 12 s interval: one polls at once, the other about 6 s later.
+    # Its first cursor is the daemon's start, so a change made before its first poll counts.
+    sandbox = sandbox_factory(realms=(REALM, REALM_B))
+    realms = {"A": REALM, "B": REALM_B}
+    instances = "".join(
         polling_instance(
-            sandbox, "acme", receiver.url, '["invoices", "vendors"]', interval=0.2, overlap=0
-        ),
-        settings=sandbox.quickbooks_settings(),
-    ).start()
-    loops = d.health("/status")[1]["instances"]["acme"]["resources"]
-    waiting = [name for name, loop in loops.items() if not loop["last_success_at"]]
-    assert waiting, "both loops polled already: the spread is gone"
-    entity = {"invoices": "Invoice", "vendors": "Vendor"}[waiting[0]]
-    made = sandbox.change(entity, "Create", 2)
-    want = expected(made, waiting[0])
+            sandbox, name, receiver.url, '["invoices"]', realm=realm, interval=0.2, overlap=0
+        )
+        for name, realm in realms.items()
+    )
+    d = daemon_factory(instances, settings=sandbox.quickbooks_settings()).start()
+    status = d.health("/status")[1]["instances"]
+    waiting = [n for n in realms if not status[n]["resources"]["invoices"]["last_success_at"]]
+    assert waiting, "both instances polled already: the spread is gone"
+    made = sandbox.change("Invoice", "Create", 2, realm_id=realms[waiting[0]])
+    want = expected(made, "invoices")
     wait_for(lambda: want <= delivered(receiver), timeout=30, what="the early changes")
 
 

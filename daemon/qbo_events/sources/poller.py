@@ -36,10 +36,10 @@ from qbo_events.quickbooks.client import QuickBooksClient, format_changed_since
 from qbo_events.quickbooks.oauth import TokenManager
 from qbo_events.quickbooks.resources import Resource
 from qbo_events.routing import poll_events
+from qbo_events.sources.coalesce import CDC_CAP, CdcCoalescer
 
 log = structlog.get_logger("qbo_events.poller")
 
-CDC_CAP: Final = 1000
 PAGE: Final = 1000
 # Rows re-read at a page boundary inside one second's objects, the one place paging goes by
 # offset: objects changing meanwhile shift the rest back by as many (dedupe drops repeats).
@@ -83,6 +83,7 @@ class ResourceLoop:
         on_accepted: Callable[[str], None],
         on_paused: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        coalescer: CdcCoalescer | None = None,
     ) -> None:
         self.instance = instance
         self.resource = resource
@@ -94,6 +95,11 @@ class ResourceLoop:
         # Told when a refused token pauses this loop: the instance's owner logs it once.
         self._on_paused = on_paused
         self._clock = clock
+        # Shares this loop's CDC reads with the other loops of its company that fall due with it.
+        self._coalescer = coalescer
+        # When the shared read this poll joined opened: the loops that shared it wait their
+        # next interval from this common start, so they keep falling due together.
+        self._shared_start: float | None = None
         self.stopped = False
         self._server_start: float | None = None
         self._wakeup = asyncio.Event()
@@ -155,6 +161,8 @@ class ResourceLoop:
                 pause: float | None = None  # None: the interval, as configured at the time
                 try:
                     await self.poll_once()
+                    if self._shared_start is not None:
+                        started = self._shared_start
                     backoff = BACKOFF_START
                 except NeedsReauthorization:
                     self.state = LoopState.REAUTH
@@ -226,6 +234,7 @@ class ResourceLoop:
         since = cursor - dt.timedelta(seconds=self.instance.event.poller.overlap)
         began = time.monotonic()
         self._server_start = None
+        self._shared_start = None
         if self.resource.cdc and since > _utc(now) - CDC_HORIZON:
             objects = await self._cdc(since)
         else:
@@ -276,6 +285,15 @@ class ResourceLoop:
 
     async def _cdc(self, since: dt.datetime) -> list[dict[str, Any]]:
         entity = self.resource.entity
+        if self._coalescer is not None and self._steady(since):
+            part = await self._coalescer.cdc(entity, since)
+            self.progress_at = time.monotonic()
+            self._note_server_time(part.answer, part.asked)
+            self._shared_start = part.opened
+            if not part.capped:
+                return await self._complete(part.objects, since)
+            # A shared answer at its cap may have left out any entity's changes: read alone.
+            self.log.info("shared CDC answer at its cap; reading this entity alone")
         asked = time.monotonic()
         answer = await self.client.cdc(self.instance.realm_id, self.tokens, [entity], since)
         self.progress_at = time.monotonic()
@@ -284,6 +302,17 @@ class ResourceLoop:
         for element in answer.get("CDCResponse") or ():
             for block in element.get("QueryResponse") or ():
                 objects += block.get(entity) or ()
+        return await self._complete(objects, since)
+
+    def _steady(self, since: dt.datetime) -> bool:
+        """A window of about one interval: a loop catching up (a backfill, an outage) reads alone,
+        so that its large answer cannot push the company's shared answer to the cap."""
+        span = 2 * self.interval + self.instance.event.poller.overlap + 60
+        return since >= _utc(self._clock() - span)
+
+    async def _complete(
+        self, objects: list[dict[str, Any]], since: dt.datetime
+    ) -> list[dict[str, Any]]:
         if len(objects) < CDC_CAP:
             return objects
         # A full answer may have left changes out, in no promised order. Query completes the

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import zlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -19,12 +19,15 @@ from qbo_events.quickbooks.client import QuickBooksClient
 from qbo_events.quickbooks.meter import CallMeter
 from qbo_events.quickbooks.oauth import TokenManager, api_base_for, token_url_for
 from qbo_events.quickbooks.resources import BY_NAME
+from qbo_events.sources.coalesce import CdcCoalescer
 from qbo_events.sources.poller import LoopState, ResourceLoop
 
 log = structlog.get_logger("qbo_events.pollers")
 
 # How long polls under way get to finish when the daemon stops.
 STOP_GRACE = 1.0
+# Off only to measure what one CDC request per (instance, resource) costs (bench/poll.py).
+COALESCE = os.environ.get("QBO_EVENTS_COALESCE", "1") != "0"
 
 
 class _Stopped(Exception):
@@ -52,6 +55,7 @@ class Pollers:
         self._client_key: tuple[Any, ...] = ()
         self._tokens: dict[str, TokenManager] = {}
         self._token_key: dict[str, tuple[Any, ...]] = {}
+        self._coalescers: dict[str, CdcCoalescer] = {}
         self._paused: set[str] = set()  # instances whose refusal has been logged
         self._loops: dict[tuple[str, str], ResourceLoop] = {}
         self._group: asyncio.TaskGroup | None = None
@@ -118,11 +122,9 @@ class Pollers:
             del self._tokens[name], self._token_key[name]
         for inst in polling.values():
             self._tokens_for(config, inst)
-        count = max(1, len(wanted))
-        # Ordered by resource first, so that neighbours in the spread are different realms
-        # rather than one realm's 22 loops queueing on its rate limit together.
-        ordered = sorted(wanted.items(), key=lambda item: (item[0][1], item[0][0]))
-        for index, (key, inst) in enumerate(ordered):
+        self._coalescers_for(polling)
+        offsets = _first_poll_offsets(polling)
+        for key, inst in sorted(wanted.items()):
             loop = self._loops.get(key)
             tokens = self._tokens[inst.name]
             if loop is not None:
@@ -140,12 +142,28 @@ class Pollers:
                 metrics=self._metrics,
                 on_accepted=self._on_accepted,
                 on_paused=self._log_paused,
+                coalescer=self._coalescers.get(inst.name),
             )
             self._loops[key] = loop
-            # Spread the first polls over the first interval, in a stable order.
-            share = (index + zlib.crc32(inst.name.encode()) % count) % count / count
-            first = loop.interval * share
+            # All loops of an instance first poll together (slow lists too), so that their CDC
+            # reads share one request; later ones fall due together at the common interval.
+            first = inst.event.poller.interval_seconds * offsets[inst.name]
             self._group.create_task(self._run_loop(loop, first), name=f"poll:{key[0]}/{key[1]}")
+
+    def _coalescers_for(self, polling: dict[str, Instance]) -> None:
+        for name in [n for n in self._coalescers if n not in polling or not COALESCE]:
+            del self._coalescers[name]
+        if not COALESCE or self._client is None:
+            return
+        for inst in polling.values():
+            tokens = self._tokens[inst.name]
+            current = self._coalescers.get(inst.name)
+            if current is None or (current.client, current.realm_id, current.tokens) != (
+                self._client,
+                inst.realm_id,
+                tokens,
+            ):
+                self._coalescers[inst.name] = CdcCoalescer(self._client, inst.realm_id, tokens)
 
     async def _run_loop(self, loop: ResourceLoop, first_delay: float) -> None:
         self._running += 1
@@ -234,3 +252,16 @@ class Pollers:
 
     def reauthorization_flags(self) -> dict[str, bool]:
         return {name: t.needs_reauthorization for name, t in self._tokens.items()}
+
+
+def _first_poll_offsets(polling: dict[str, Instance]) -> dict[str, float]:
+    """Each instance's first poll, as a share of its interval, in a stable order: instances of
+    one realm (which share its rate limit) are spread as far apart as the others allow."""
+    by_realm: dict[str, list[str]] = {}
+    for name in sorted(polling):
+        by_realm.setdefault(polling[name].realm_id, []).append(name)
+    ranked = sorted(
+        (rank, realm, name) for realm, names in by_realm.items() for rank, name in enumerate(names)
+    )
+    count = max(1, len(ranked))
+    return {name: index / count for index, (_, _, name) in enumerate(ranked)}
