@@ -169,11 +169,11 @@ def test_check_prints_warnings_apart_from_errors_and_exits_0(tmp_path: Path) -> 
         " webhooks (vendor type hybrid) bring changes sooner",
     ], result.stderr
     # globex is webhook-only: its 0.01 minutes poll nothing, so they draw no warning.
-    path = write(tmp_path, GOOD.replace('"0.5"', '"0.05"').replace('"invoices|customers"', '""'))
+    path = write(tmp_path, GOOD.replace('"0.5"', '"0.01"').replace('"invoices|customers"', '""'))
     result = cli("check", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert [line.split(":")[0] for line in result.stderr.splitlines()] == ["warning"] * 2
-    assert "realm 111 (acme): polling makes about 440 QuickBooks calls a minute" in result.stderr
+    assert "realm 111 (acme): polling makes about 400 QuickBooks calls a minute" in result.stderr
 
 
 def test_the_daemon_logs_the_same_warnings_at_start(daemon_factory: Factory) -> None:

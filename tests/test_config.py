@@ -835,15 +835,15 @@ def test_polling_more_often_than_once_a_minute_is_a_warning_not_an_error() -> No
 
 
 def test_instances_sharing_a_realm_share_its_request_budget() -> None:
-    limits = POLLING + "requests_per_minute = 60\n"
+    limits = POLLING + "requests_per_minute = 10\n"
     shared = load(
         limits
         + instance("a", "7", vendor="polling", extra="event.poller.refresh_interval = 1")
         + instance("b", "7", vendor="polling", extra="event.poller.refresh_interval = 1")
     )
     assert poll_budget.warnings(shared) == [
-        "realm 7 (a, b): polling makes about 44 QuickBooks calls a minute, more than 30 (half of"
-        " quickbooks.requests_per_minute = 60); polls would queue behind the limit and fall"
+        "realm 7 (a, b): polling makes about 8 QuickBooks calls a minute, more than 5 (half of"
+        " quickbooks.requests_per_minute = 10); polls would queue behind the limit and fall"
         " behind. Poll fewer resources (event.poller.urls) or less often"
         " (event.poller.refresh_interval)"
     ]
@@ -856,11 +856,11 @@ def test_instances_sharing_a_realm_share_its_request_budget() -> None:
 
 
 def test_a_fast_poll_of_every_resource_warns_twice() -> None:
-    cfg = load(POLLING + instance(vendor="polling", extra="event.poller.refresh_interval = 0.05"))
+    cfg = load(POLLING + instance(vendor="polling", extra="event.poller.refresh_interval = 0.01"))
     found = poll_budget.warnings(cfg)
     assert len(found) == 2
-    assert found[0].startswith("instances[0].event.poller.refresh_interval: 0.05 minutes")
-    assert found[1].startswith("realm 1 (acme): polling makes about 440 QuickBooks calls a minute")
+    assert found[0].startswith("instances[0].event.poller.refresh_interval: 0.01 minutes")
+    assert found[1].startswith("realm 1 (acme): polling makes about 400 QuickBooks calls a minute")
 
 
 @pytest.mark.parametrize(

@@ -119,23 +119,24 @@ def test_the_poll_budget_counts_slow_resources_at_their_own_interval() -> None:
     slowed = load(
         SETTINGS + instance("event.poller.refresh_interval = 15\nevent.poller.slow_interval = 240")
     ).instances[0]
-    # Calls a day per company, the README's figures.
-    assert poll_budget.calls_per_minute(every) * 1440 == pytest.approx(2_112)
-    assert poll_budget.calls_per_minute(slowed) * 1440 == pytest.approx(16 * 96 + 6 * 6)
+    # Calls a day per company, the README's figures: one shared CDC call and three Queries a
+    # cycle; slowed, tax codes and tax rates query a sixteenth as often.
+    assert poll_budget.calls_per_minute(every) * 1440 == pytest.approx(4 * 96)
+    assert poll_budget.calls_per_minute(slowed) * 1440 == pytest.approx(2 * 96 + 2 * 6)
 
 
 def test_the_rate_warning_counts_the_slow_lists_at_their_own_interval() -> None:
-    # 22 resources every 0.05 minutes: 440 calls a minute; 16 * 20 + 6 * 1 = 326 with the slow
-    # lists at 1 minute. Both pass half of 500.
-    limit = "[quickbooks]\nrequests_per_minute = 500\n"
-    fast = "event.poller.refresh_interval = 0.05"
+    # 22 resources every 0.01 minutes: 4 calls a poll, 400 a minute; 2 * 100 + 2 * 1 = 202 with
+    # the slow lists at 1 minute. Both pass half of 300.
+    limit = "[quickbooks]\nrequests_per_minute = 300\n"
+    fast = "event.poller.refresh_interval = 0.01"
     plain = load(SETTINGS.replace("[quickbooks]\n", limit) + instance(fast))
     slowed = load(
         SETTINGS.replace("[quickbooks]\n", limit)
         + instance(fast + "\nevent.poller.slow_interval = 1")
     )
-    assert any("440 QuickBooks calls a minute" in w for w in poll_budget.warnings(plain))
-    assert any("326 QuickBooks calls a minute" in w for w in poll_budget.warnings(slowed))
+    assert any("400 QuickBooks calls a minute" in w for w in poll_budget.warnings(plain))
+    assert any("202 QuickBooks calls a minute" in w for w in poll_budget.warnings(slowed))
 
 
 # check

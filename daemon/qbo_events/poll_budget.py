@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from qbo_events.config import Config, Instance
+from qbo_events.quickbooks.resources import BY_NAME
 
 # Polling may take only this share of a realm's per-minute limit: the rest is for paging past
 # 1,000 rows, retries after a 401 or a 5xx, and whatever else calls the same company.
@@ -14,9 +15,13 @@ SHORTEST_SENSIBLE_MINUTES: Final = 1.0
 
 
 def calls_per_minute(instance: Instance) -> float:
-    """One CDC or Query call per resource per poll, the usual cost of a poll with little news."""
+    """What a poll with little news costs: the CDC resources of an instance share one call at
+    the shortest of their intervals (the others join it when due), and each resource that CDC
+    refuses makes one Query at its own interval."""
     poller = instance.event.poller
-    return sum(60.0 / poller.interval_for(name) for name in poller.resources)
+    cdc = [poller.interval_for(name) for name in poller.resources if BY_NAME[name].cdc]
+    query = [poller.interval_for(name) for name in poller.resources if not BY_NAME[name].cdc]
+    return sum(60.0 / seconds for seconds in query) + (60.0 / min(cdc) if cdc else 0.0)
 
 
 def warnings(config: Config) -> list[str]:
