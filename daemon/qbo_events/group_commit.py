@@ -64,6 +64,7 @@ Pending = tuple[Operation, "asyncio.Future[Any]", "Callable[[Any], None] | None"
 
 SYNC_WITHIN = 1.0  # seconds an unsynced commit may wait for an fsync of the WAL
 CHECKPOINT_WITHIN = 1.0  # seconds a commit may wait before its frames are checkpointed
+CHECKPOINT_RETRY = 0.01  # seconds to wait for a commit under way before checkpointing
 PROBE_EVERY = 1.0  # seconds between write probes while the database cannot be written
 # Below this much free space no commit ends the unwritable state, and no probe is tried: a small
 # write can succeed in space the WAL already holds while the next real batch still fails, and
@@ -396,13 +397,22 @@ class GroupCommit:
         done.add_done_callback(self._wal_synced)
 
     def _checkpoint(self) -> None:
+        """Checkpoint on the helper thread, in place of a commit: batches wait for it rather
+        than commit beside it. A commit's fsync beside the checkpoint's waits on it (one
+        journal on ext4), and inline that held the loop for up to two seconds."""
         self._checkpoint_timer = None
         if self._committer is None or self._loop is None:
             return
+        if self._committing:
+            self._checkpoint_timer = self._loop.call_later(CHECKPOINT_RETRY, self._checkpoint)
+            return
+        self._committing = True
         done = self._loop.run_in_executor(self._committer, self._checkpointer.run)
         done.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
+        self._committing = False
+        self._next()
         error = done.exception()
         if error is not None:
             # The frames stay in the WAL, and the next commit's checkpoint copies them. While
