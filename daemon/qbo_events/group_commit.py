@@ -104,6 +104,9 @@ class GroupCommit:
         self._probing = False  # a probe's write is queued or committing
         self._batch_faulted = False
         self._on_settled: list[Callable[[], None]] = []
+        # A checkpoint on the helper thread holds batches back, as a commit there does, but
+        # settles nothing: readers need not wait for it.
+        self._checkpointing = False
         self._placement = Placement(slow_commit)
         self._synchronous = ""  # the connection's PRAGMA synchronous, as last set
         self.unsynced_commits = 0  # committed without an fsync of their own
@@ -222,7 +225,7 @@ class GroupCommit:
 
     def _begin(self) -> None:
         self._scheduled = False
-        if self._committing:
+        if self._committing or self._checkpointing:
             return
         batch, self._queue = self._queue, []
         if not batch:
@@ -406,12 +409,12 @@ class GroupCommit:
         if self._committing:
             self._checkpoint_timer = self._loop.call_later(CHECKPOINT_RETRY, self._checkpoint)
             return
-        self._committing = True
+        self._checkpointing = True
         done = self._loop.run_in_executor(self._committer, self._checkpointer.run)
         done.add_done_callback(self._checkpointed)
 
     def _checkpointed(self, done: asyncio.Future[None]) -> None:
-        self._committing = False
+        self._checkpointing = False
         self._next()
         error = done.exception()
         if error is not None:
