@@ -31,6 +31,7 @@ from typing import Any
 import msgspec
 import uvloop
 from _common import machine, median, table, workdir
+from qbo_events import outbox as outbox_module
 from qbo_events.events import Change, Event, EventType, Source
 from qbo_events.outbox import COUNTS_FRESH, Counts, Outbox
 
@@ -136,25 +137,11 @@ async def measure(lag: Lag, runs: int, path: Callable[[], Awaitable[Any]]) -> St
     return worst, own
 
 
-def old_counts(conn: sqlite3.Connection) -> Counts:
-    pending, retrying, dead = conn.execute(
-        "SELECT COALESCE(SUM(state = 'pending' AND attempts = 0), 0),"
-        " COALESCE(SUM(state = 'pending' AND attempts > 0), 0),"
-        " COALESCE(SUM(state = 'dead'), 0) FROM outbox"
-    ).fetchone()
-    quarantined = conn.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
-    return Counts(pending, retrying, dead, quarantined)
-
-
 def old_rescan(conn: sqlite3.Connection) -> Any:
     return conn.execute(
         "SELECT instance, MIN(next_at), COUNT(*) FROM outbox WHERE state = 'pending'"
         " GROUP BY instance"
     ).fetchall()
-
-
-def old_open_count(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE state = 'pending'").fetchone()[0])
 
 
 async def run_paths(path: Path, runs: int) -> tuple[list[list[Any]], float]:
@@ -185,7 +172,7 @@ async def run_paths(path: Path, runs: int) -> tuple[list[list[Any]], float]:
             db = outbox._db
             add(
                 "  old: open-time count",
-                await measure(lag, 3, _sync(db.read, old_open_count)),
+                await measure(lag, 3, _sync(db.read, outbox_module._count_pending)),
                 baseline=True,
             )
 
@@ -205,7 +192,7 @@ async def run_paths(path: Path, runs: int) -> tuple[list[list[Any]], float]:
             add("counts() (/status)", await measure(lag, runs, uncached_counts))
             add(
                 "  old: counts on the loop",
-                await measure(lag, runs, _sync(db.read, old_counts)),
+                await measure(lag, runs, _sync(db.read, outbox_module._counts)),
                 baseline=True,
             )
             add(
