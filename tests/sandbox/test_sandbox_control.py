@@ -24,6 +24,12 @@ CONTROL_ENDPOINTS = {
     ("GET", "/_sandbox/stats"),
     ("POST", "/_sandbox/webhooks/flush"),
     ("POST", "/_sandbox/webhooks/hold"),
+    ("GET", "/_sandbox/authorizations"),
+    ("GET", "/_sandbox/consent"),
+    ("POST", "/_sandbox/consent"),
+    ("POST", "/_sandbox/disconnect"),
+    ("POST", "/_sandbox/hard_expiry"),
+    ("GET", "/_sandbox/revocations"),
 }
 
 

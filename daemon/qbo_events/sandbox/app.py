@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from . import api, control, oauth, writes
+from . import api, authorize, control, oauth, writes
 from .responses import new_intuit_tid
 from .state import REALM, STATE, State
 
@@ -40,6 +40,7 @@ def build_app(state: State) -> web.Application:
     app[STATE] = state
     app.on_response_prepare.append(_add_intuit_tid)
     oauth.add_routes(app)
+    authorize.add_routes(app)
     control.add_routes(app)
     api.add_routes(app)
     writes.add_routes(app)  # after api's: /query and /batch are not entities

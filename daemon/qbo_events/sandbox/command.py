@@ -75,6 +75,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="changes per second made by the simulated companies (default %(default)s)",
     )
     add(
+        "--refresh-hard-expiry",
+        type=int,
+        default=d.refresh_hard_expiry,
+        metavar="SECONDS",
+        help="a new grant's refresh tokens stop working this long after it, refreshed or not "
+        "(default %(default)s: five years)",
+    )
+    add(
+        "--redirect-uri",
+        dest="redirect_uris",
+        action="append",
+        metavar="URI",
+        help="a redirect URI registered for the app; repeat for several "
+        "(default: any absolute http(s) URI)",
+    )
+    add(
         "--random-seed",
         type=int,
         default=None,
@@ -91,6 +107,8 @@ def options_from(args: argparse.Namespace) -> SandboxOptions:
         raise ValueError("--seed: must be >= 0")
     if args.rate < 0:
         raise ValueError("--rate: must be >= 0")
+    if args.refresh_hard_expiry <= 0:
+        raise ValueError("--refresh-hard-expiry: must be > 0")
     realm_ids = tuple(args.realm_ids or SandboxOptions().realm_ids)
     if len(set(realm_ids)) != len(realm_ids):
         raise ValueError("--realm-id: each realm may be given once")
@@ -108,6 +126,8 @@ def options_from(args: argparse.Namespace) -> SandboxOptions:
         seed=args.seed,
         rate=args.rate,
         random_seed=args.random_seed,
+        refresh_hard_expiry=args.refresh_hard_expiry,
+        redirect_uris=tuple(args.redirect_uris or ()),
     )
 
 
@@ -117,6 +137,7 @@ def banner(sandbox: Sandbox) -> str:
         f"QuickBooks sandbox listening on {sandbox.base_url}",
         f"  api base url:    {sandbox.base_url}  (API under /v3/company/<realm id>/...)",
         f"  token url:       {sandbox.token_url}",
+        f"  authorize url:   {sandbox.authorize_url}",
         f"  discovery url:   {sandbox.discovery_url}",
         f"  control api:     {sandbox.base_url}/_sandbox/  (GET it for the list of endpoints)",
         f"  client id:       {o.client_id}",
@@ -127,6 +148,8 @@ def banner(sandbox: Sandbox) -> str:
         f"  webhook format:  {o.webhook_format}",
         f"  seed:            {o.seed} objects per entity",
         f"  rate:            {o.rate} changes per second",
+        f"  hard expiry:     {o.refresh_hard_expiry} s after a grant",
+        f"  redirect uris:   {', '.join(o.redirect_uris) or '(any)'}",
     ]
     for realm, token in o.first_refresh_tokens().items():
         lines.append(f"  realm id:        {realm}  refresh token: {token}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, NamedTuple, TypeVar
+from typing import Annotated, Any, Final, NamedTuple, TypeVar
 
 import msgspec
 import orjson
 from aiohttp import web
 
+from .consent import Answer, Decision
 from .responses import json_response
 from .state import STATE, State
 
@@ -32,6 +33,21 @@ class FaultRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     revoke: bool | str | None = None  # true: every realm; or one realm id
     max_per_second: int | None = None
     max_per_minute: int | None = None
+
+
+class ConsentRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    decision: Decision
+    realm_id: str | None = None  # None: the first realm; an unknown one is a new company
+    once: bool = False  # the next authorization only, then the standing answer again
+
+
+class RealmRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    realm_id: str | None = None  # None: the first realm
+
+
+class HardExpiryRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    seconds: Annotated[float, msgspec.Meta(ge=0)]
+    realm_id: str | None = None  # None: the first realm
 
 
 T = TypeVar("T")
@@ -172,6 +188,77 @@ async def post_connect(request: web.Request) -> web.Response:
     return json_response(connection)
 
 
+def _answer_state(state: State, answer: Answer) -> dict[str, Any]:
+    return {"decision": answer.decision, "realm_id": state.company(answer.realm_id).realm_id}
+
+
+def _consent_state(state: State) -> dict[str, Any]:
+    once = state.consent.once
+    return {
+        **_answer_state(state, state.consent.standing),
+        "once": None if once is None else _answer_state(state, once),
+    }
+
+
+async def post_consent(request: web.Request) -> web.Response:
+    wanted = await _decode(request, ConsentRequest)
+    if isinstance(wanted, web.Response):
+        return wanted
+    state = request.app[STATE]
+    realm_id = wanted.realm_id
+    if realm_id is not None and realm_id not in state.companies:
+        # QuickBooks realm ids are digits; anything else is more likely a mistake than a company.
+        if not (realm_id.isascii() and realm_id.isdigit() and len(realm_id) <= 32):
+            return _bad(f"unknown realm {realm_id!r}; a new company's realm id is digits")
+        state.add_company(realm_id)
+    state.consent.set(Answer(decision=wanted.decision, realm_id=realm_id), once=wanted.once)
+    return json_response(_consent_state(state))
+
+
+async def get_consent(request: web.Request) -> web.Response:
+    return json_response(_consent_state(request.app[STATE]))
+
+
+async def get_authorizations(request: web.Request) -> web.Response:
+    records = request.app[STATE].authorizations.records(request.query.get("realm_id"))
+    return json_response({"authorizations": msgspec.to_builtins(records)})
+
+
+async def get_revocations(request: web.Request) -> web.Response:
+    records = request.app[STATE].revocations.records(request.query.get("realm_id"))
+    return json_response({"revocations": msgspec.to_builtins(records)})
+
+
+async def post_disconnect(request: web.Request) -> web.Response:
+    """The user disconnected the app in QuickBooks: every token of the realm dies at once, and
+    nothing tells the app (Intuit sends no webhook for it)."""
+    wanted = await _decode(request, RealmRequest)
+    if isinstance(wanted, web.Response):
+        return wanted
+    state = request.app[STATE]
+    try:
+        realm_id = state.company(wanted.realm_id).realm_id
+    except KeyError as error:
+        return _bad(str(error.args[0]))
+    refresh, access = state.tokens.revoke(realm_id)
+    return json_response(
+        {"realm_id": realm_id, "refresh_tokens_revoked": refresh, "access_tokens_revoked": access}
+    )
+
+
+async def post_hard_expiry(request: web.Request) -> web.Response:
+    wanted = await _decode(request, HardExpiryRequest)
+    if isinstance(wanted, web.Response):
+        return wanted
+    state = request.app[STATE]
+    try:
+        realm_id = state.company(wanted.realm_id).realm_id
+    except KeyError as error:
+        return _bad(str(error.args[0]))
+    chains = state.tokens.set_hard_expiry(realm_id, wanted.seconds)
+    return json_response({"realm_id": realm_id, "seconds": wanted.seconds, "chains": chains})
+
+
 class Endpoint(NamedTuple):
     method: str
     path: str
@@ -249,6 +336,50 @@ ENDPOINTS: Final = (
         post_connect,
         "control-connect",
         'a fresh connection to a realm: a new refresh token and auth code; {"realm_id"}',
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/consent",
+        post_consent,
+        "control-consent",
+        "how the consent page at /connect/oauth2 answers: "
+        '{"decision": "approve"|"deny", "realm_id"?, "once"?}',
+    ),
+    Endpoint(
+        "GET",
+        "/_sandbox/consent",
+        get_consent,
+        "control-consent-state",
+        "the consent page's standing answer and the one-shot answer, if any",
+    ),
+    Endpoint(
+        "GET",
+        "/_sandbox/authorizations",
+        get_authorizations,
+        "control-authorizations",
+        "the authorizations answered (time, realm, decision, redirect_uri, state); ?realm_id=",
+    ),
+    Endpoint(
+        "GET",
+        "/_sandbox/revocations",
+        get_revocations,
+        "control-revocations",
+        "the calls to the revoke endpoint (time, realm, token kind, status); ?realm_id=",
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/disconnect",
+        post_disconnect,
+        "control-disconnect",
+        'the user disconnects the app: every token of the realm dies; {"realm_id"?}',
+    ),
+    Endpoint(
+        "POST",
+        "/_sandbox/hard_expiry",
+        post_hard_expiry,
+        "control-hard-expiry",
+        "the realm's refresh-token chains hard-expire this many seconds from now; "
+        '{"seconds", "realm_id"?}',
     ),
 )
 

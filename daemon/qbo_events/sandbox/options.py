@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from .auth import HARD_LIFETIME
 from .webhooks import WebhookFormat
 
 
@@ -26,6 +27,9 @@ class SandboxOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     refresh_token_lifetime: int = 8726400  # x_refresh_token_expires_in
     rotate_refresh_tokens: bool = True
     refresh_grace: float = 86400.0  # how long a superseded refresh token works if unused
+    refresh_hard_expiry: int = HARD_LIFETIME  # seconds from a grant to its chain's hard expiry
+    # The redirect URIs registered for the app; none: any absolute http(s) URI is taken.
+    redirect_uris: tuple[str, ...] = ()
     max_per_second: int = 10  # per realm, as QuickBooks limits
     max_per_minute: int = 500
     cdc_max_objects: int = 1000

@@ -10,6 +10,7 @@ from typing import Any
 from aiohttp import web
 
 from .app import build_app
+from .authorize import AUTHORIZE_PATH
 from .calls import Call
 from .company import ChangeRecord, Company
 from .control import FaultRequest, apply_faults
@@ -105,6 +106,11 @@ class Sandbox:
     @property
     def token_url(self) -> str:
         return self.base_url + TOKEN_PATH
+
+    @property
+    def authorize_url(self) -> str:
+        """Intuit's consent page; the control API's /_sandbox/consent chooses its answer."""
+        return self.base_url + AUTHORIZE_PATH
 
     @property
     def discovery_url(self) -> str:

@@ -13,6 +13,7 @@ from . import catalog
 from .auth import Tokens
 from .calls import CallLog
 from .company import ChangeLog, ChangeRecord, Company
+from .consent import Authorization, ConsentSwitch, Log, Revocation
 from .faults import FaultSwitches, RateLimiter
 from .generator import ChangeGenerator
 from .options import SandboxOptions
@@ -34,6 +35,9 @@ class State:
     emitter: WebhookEmitter | None = None
     requests: Counter[str] = field(default_factory=Counter)
     calls: CallLog = field(default_factory=CallLog)
+    consent: ConsentSwitch = field(default_factory=ConsentSwitch)
+    authorizations: Log[Authorization] = field(default_factory=lambda: Log(Authorization))
+    revocations: Log[Revocation] = field(default_factory=lambda: Log(Revocation))
 
     @classmethod
     def build(cls, options: SandboxOptions) -> State:
@@ -49,14 +53,7 @@ class State:
                 batch_delay=options.webhook_batch_delay,
                 timeout=options.webhook_timeout,
             )
-        log = ChangeLog()
         companies: dict[str, Company] = {}
-        for realm_id in options.realm_ids:
-            company = Company(
-                realm_id, log, rng=rng, notify=emitter.enqueue if emitter is not None else None
-            )
-            company.seed(options.seed)
-            companies[realm_id] = company
         tokens = Tokens(
             client_id=options.client_id,
             client_secret=options.client_secret,
@@ -64,14 +61,15 @@ class State:
             refresh_lifetime=options.refresh_token_lifetime,
             grace=options.refresh_grace,
             rotate=options.rotate_refresh_tokens,
+            hard_lifetime=options.refresh_hard_expiry,
         )
         for realm_id, token in options.first_refresh_tokens().items():
             tokens.add_refresh_token(realm_id, token)
         if options.realm_ids and options.auth_code:
             tokens.add_auth_code(options.realm_ids[0], options.auth_code)
-        return cls(
+        state = cls(
             options=options,
-            log=log,
+            log=ChangeLog(),
             companies=companies,
             tokens=tokens,
             faults=FaultSwitches(
@@ -85,6 +83,9 @@ class State:
             rng=rng,
             emitter=emitter,
         )
+        for realm_id in options.realm_ids:
+            state.add_company(realm_id)
+        return state
 
     def company(self, realm_id: str | None) -> Company:
         """The realm's company (the first when None); KeyError names an unknown realm."""
@@ -92,6 +93,20 @@ class State:
             return next(iter(self.companies.values()))
         if realm_id not in self.companies:
             raise KeyError(f"unknown realm {realm_id!r}; known: {', '.join(self.companies)}")
+        return self.companies[realm_id]
+
+    def add_company(self, realm_id: str) -> Company:
+        """A company the sandbox did not simulate yet (a user connecting another company),
+        seeded as the first ones were; the existing one when it is known."""
+        if realm_id not in self.companies:
+            company = Company(
+                realm_id,
+                self.log,
+                rng=self.rng,
+                notify=self.emitter.enqueue if self.emitter is not None else None,
+            )
+            company.seed(self.options.seed)
+            self.companies[realm_id] = company
         return self.companies[realm_id]
 
     def make_changes(
@@ -135,6 +150,9 @@ class State:
             "throttled_by_limits": self.limiter.refused,
             "token_refreshes": self.tokens.refreshes,
             "refresh_tokens": self.tokens.current_refresh_tokens(),
+            "refresh_token_hard_expires_in": self.tokens.hard_expires_in(),
+            "authorizations": self.authorizations.count,
+            "revocations": self.revocations.count,
             "faults": self.faults.state(),
             "limits": {
                 "max_per_second": self.limiter.per_second,
