@@ -378,8 +378,8 @@ def test_a_missing_required_key_and_a_bad_vendor_type() -> None:
         "instances[0].name: required",
         "instances[0].event.notification.callback.url: must be an http(s) URL (got '')",
     ]
-    assert problems('[[instances]]\nname = "a"\n') == [
-        "instances[0].realm_id: required",
+    # realm_id may be left out: connecting the company teaches it.
+    assert problems(WEBHOOKS + '[[instances]]\nname = "a"\nevent.vendor.type = "webhook"\n') == [
         "instances[0].event.notification.callback.url: must be an http(s) URL (got '')",
     ]
     assert problems(WEBHOOKS + instance(vendor="email")) == [
@@ -495,7 +495,9 @@ def test_instance_name_and_realm_form() -> None:
     assert problems(WEBHOOKS + instance("a b")) == [
         "instances[0].name: must be 1-64 of A-Z a-z 0-9 . _ - (got 'a b')"
     ]
-    assert problems(WEBHOOKS + instance(realm=" ")) == ["instances[0].realm_id: must not be empty"]
+    assert problems(WEBHOOKS + instance(realm=" ")) == [
+        "instances[0].realm_id: must not be blank (leave it out to learn it)"
+    ]
 
 
 def test_callback_url_required_only_when_notification_is_enabled() -> None:

@@ -110,6 +110,40 @@ def _parser() -> argparse.ArgumentParser:
         "instance's realm_id",
     )
 
+    connect = command(
+        "connect",
+        "print a single-use link that connects a QuickBooks company to an instance",
+        _connect,
+    )
+    with_config(connect)
+    connect.add_argument("--instance", required=True, help="the instance to connect")
+    connect.add_argument(
+        "--valid",
+        default="1h",
+        help="how long the link (with --local: the wait) lasts: 90s, 15m, 1h, 2d"
+        " (default %(default)s)",
+    )
+    connect.add_argument(
+        "--local",
+        action="store_true",
+        help="take the redirect on a one-shot listener on 127.0.0.1 instead of the webhook "
+        "listener; prints (and tries to open) the authorization URL and waits",
+    )
+    connect.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="with --local: the port to listen on (default: a free one, unless "
+        "quickbooks.redirect_uri is a localhost URI, whose port is used)",
+    )
+    disconnect = command(
+        "disconnect",
+        "revoke an instance's grant at QuickBooks and forget its tokens",
+        _disconnect,
+    )
+    with_config(disconnect)
+    disconnect.add_argument("--instance", required=True, help="the instance to disconnect")
+
     sandbox.add_arguments(
         command("sandbox", "serve the simulated QuickBooks Online API", sandbox.run_command)
     )
@@ -136,6 +170,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     from qbo_events import poll_budget
+    from qbo_events.app import outbox_path
+    from qbo_events.connect.links import redirect_uri
+    from qbo_events.connect.status import describe
+    from qbo_events.connect.status import line as connection_line
+    from qbo_events.connect.store import read_connections
 
     config, path = _load(args)
     for warning in poll_budget.warnings(config):
@@ -146,7 +185,9 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  webhooks    {config.http.webhook_listen}{config.http.webhook_path}")
     print(f"  health      {config.http.health_listen}")
     print(f"  delivery    {config.delivery.format}, {config.delivery.workers} workers")
+    print(f"  connect     redirect {redirect_uri(config) or '(none: --local only)'}")
     print(f"  instances   {len(config.instances)}")
+    connections = read_connections(outbox_path(config))
     for inst in config.instances:
         poller = inst.event.poller
         # A webhook-only instance polls nothing: its interval would mislead; its filter holds.
@@ -159,10 +200,13 @@ def _check(args: argparse.Namespace) -> int:
         if inst.polls and slow and poller.slow_interval_seconds is not None:
             reads += f" ({len(slow)} of them every {poller.slow_interval_seconds:g} s)"
         print(
-            f"    {inst.name}: realm {inst.realm_id}, {inst.event.vendor.type}, {reads} "
+            f"    {inst.name}: realm {inst.realm_id or '(learned by connecting)'}, "
+            f"{inst.event.vendor.type}, {reads} "
             f"-> {inst.callback_url}"
             f"{' (signed)' if inst.signature_key else ''}"
         )
+        row = connections.get(inst.name)
+        print(f"      {connection_line(describe(inst, row, refused=False))}")
     return EXIT_OK
 
 
@@ -256,6 +300,48 @@ def _authorize(args: argparse.Namespace) -> int:
         f"stored new tokens for {args.instance}; "
         "`systemctl reload qbo-events` makes a running daemon use them"
     )
+    return EXIT_OK
+
+
+def _instance(config: Config, name: str) -> Any:
+    instance = config.instance(name)
+    if instance is None:
+        raise ConfigError([f"instances: no instance named {name!r}"])
+    return instance
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from qbo_events.connect import command as connect_command
+    from qbo_events.connect.links import parse_duration
+
+    config, _ = _load(args)
+    instance = _instance(config, args.instance)
+    try:
+        valid = parse_duration(args.valid)
+    except ValueError as exc:
+        print(f"qbo-events: --valid: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.local:
+        done = asyncio.run(
+            connect_command.local(
+                config, instance, port=args.port, valid=valid, say=lambda s: print(s, flush=True)
+            )
+        )
+        print(done)
+        return EXIT_OK
+    link = asyncio.run(connect_command.mint_link(config, instance, valid))
+    until = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(time.time() + valid))
+    print(link)
+    print(f"single use, valid until {until}: open it to connect {instance.name}")
+    return EXIT_OK
+
+
+def _disconnect(args: argparse.Namespace) -> int:
+    from qbo_events.connect import command as connect_command
+
+    config, _ = _load(args)
+    instance = _instance(config, args.instance)
+    asyncio.run(connect_command.disconnect(config, instance, say=print))
     return EXIT_OK
 
 

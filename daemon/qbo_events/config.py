@@ -37,6 +37,8 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     max_body_bytes: Annotated[int, Meta(ge=1024)] = 2_097_152
     max_connections: PositiveInt = 1024
     read_timeout: Positive = 10.0
+    # How browsers reach the webhook listener (https://events.example.com); empty = unknown.
+    public_base_url: str = ""
 
 
 class QuickBooksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -51,6 +53,12 @@ class QuickBooksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     minor_version: Annotated[int, Meta(ge=75)] = 75
     requests_per_minute: PositiveInt = 500
     max_concurrent_requests: PositiveInt = 10
+    # The redirect URI registered at Intuit; empty = {http.public_base_url}{redirect_path}.
+    redirect_uri: str = ""
+    redirect_path: str = "/oauth/callback"
+    reconnect_warning_days: PositiveInt = 30
+    # Intuit meters reads per app and month; 0 sets no budget. See quickbooks/budget.py.
+    monthly_call_budget: Annotated[int, Meta(ge=0)] = 0
 
 
 class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -79,6 +87,7 @@ class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     enabled: bool = True
+    connection_events: bool = True
     callback: Callback = field(default_factory=Callback)
     signature: Signature = field(default_factory=Signature)
 
@@ -136,7 +145,8 @@ class EventSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fi
 
 class Instance(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str
-    realm_id: str
+    # Empty: learned by connecting the company (`qbo-events connect`).
+    realm_id: str = ""
     refresh_token: str = ""
     tags: list[str] = field(default_factory=list)
     event: EventSettings = field(default_factory=EventSettings)
@@ -517,6 +527,7 @@ def validate(config: Config) -> list[str]:
             problems.append(f"{key}: must be a finite number")
     if not config.http.webhook_path.startswith("/"):
         problems.append("http.webhook_path: must start with /")
+    problems += _validate_connect(config)
     if not config.delivery.retry_schedule:
         problems.append("delivery.retry_schedule: must not be empty")
     qb = config.quickbooks
@@ -548,9 +559,30 @@ def _validate_instances(instances: dict[int, Instance]) -> list[str]:
         elif inst.name in names:
             problems.append(f"{where}.name: {inst.name!r} is used by an earlier instance")
         names.add(inst.name)
-        if not inst.realm_id.strip():
-            problems.append(f"{where}.realm_id: must not be empty")
+        if inst.realm_id and not inst.realm_id.strip():
+            problems.append(f"{where}.realm_id: must not be blank (leave it out to learn it)")
         problems += _validate_event(inst.event, f"{where}.event")
+    return problems
+
+
+def _validate_connect(config: Config) -> list[str]:
+    problems: list[str] = []
+    path = config.quickbooks.redirect_path
+    if not path.startswith("/"):
+        problems.append("quickbooks.redirect_path: must start with /")
+    elif path == config.http.webhook_path:
+        problems.append("quickbooks.redirect_path: must differ from http.webhook_path")
+    elif path == "/reconnect" or path.startswith("/connect/"):
+        problems.append("quickbooks.redirect_path: /reconnect and /connect/... are taken")
+    base = config.http.public_base_url
+    if base and not (_http_url(base, need_host=True) and urlsplit(base).path in ("", "/")):
+        problems.append(
+            "http.public_base_url: must be an http(s) URL without a path"
+            f" (like https://events.example.com; got {base!r})"
+        )
+    uri = config.quickbooks.redirect_uri
+    if uri and not _http_url(uri, need_host=True):
+        problems.append(f"quickbooks.redirect_uri: must be an http(s) URL (got {uri!r})")
     return problems
 
 

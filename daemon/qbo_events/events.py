@@ -1,4 +1,5 @@
-"""The immutable values that cross stages: a Change a source saw, an Event per instance."""
+"""The immutable values that cross stages: a Change a source saw, a Connection's new status,
+and the Event per instance that carries either."""
 
 from __future__ import annotations
 
@@ -39,17 +40,42 @@ class Change(msgspec.Struct, frozen=True, kw_only=True):
     deleted_id: str | None = None
 
 
+class ConnectionStatus(enum.StrEnum):
+    CONNECTED = "connected"  # connected for the first time
+    RESTORED = "restored"  # connected again after a lost grant or a disconnect
+    NEEDS_REAUTHORIZATION = "needs_reauthorization"  # the grant died: invalid_grant
+    EXPIRING = "expiring"  # the refresh token's hard expiry is near
+
+
+class Connection(msgspec.Struct, frozen=True, kw_only=True):
+    """A new status of an instance's connection to its company, as its receiver is told it."""
+
+    status: ConnectionStatus
+    realm_id: str
+    date: str  # when the status came about, RFC 3339 UTC, whole seconds
+    company_name: str | None = None
+    connect_url: str | None = None  # a fresh single-use connect link, when one could be made
+    # What makes this status's event id unique: the connection's connected_at for the first
+    # three statuses, the day for `expiring`.
+    occasion: str = ""
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """A Change addressed to one instance: the unit the outbox stores and the senders deliver."""
+    """A Change (or a Connection's status) addressed to one instance: the unit the outbox stores
+    and the senders deliver. Exactly one of `change` and `connection` is set."""
 
     event_id: str
     instance: str
     object_type: str
-    change: Change
+    change: Change | None = None
+    connection: Connection | None = None
 
     @property
     def object_key(self) -> str:
         """Events sharing this key are delivered in the order they were accepted."""
+        if self.change is None:
+            # \x1e never occurs in an instance name, so no object's key is ever this one.
+            return f"{self.instance}\x1econnection"
         return f"{self.instance}\x1f{self.object_type}\x1f{self.change.object_id}"
 
 
@@ -65,6 +91,22 @@ def event_id(instance: str, change: Change) -> str:
     )
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
     return "evt_" + digest[:32]
+
+
+CONNECTION_OBJECT_TYPE = "connection"
+
+
+def connection_event(instance: str, connection: Connection) -> Event:
+    """The event telling `instance`'s receiver of a connection status; the same status of the
+    same connection (or day, for `expiring`) always gets the same id."""
+    parts = ("CONNECTION", instance, connection.realm_id, connection.status, connection.occasion)
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return Event(
+        event_id="evt_" + digest[:32],
+        instance=instance,
+        object_type=CONNECTION_OBJECT_TYPE,
+        connection=connection,
+    )
 
 
 def make_event(instance: str, object_type: str, change: Change) -> Event:

@@ -1,6 +1,7 @@
 """The durable SQLite outbox: accepted events, retries, dead letters, quarantine, cursors, tokens.
 
-This is the only module with the outbox's SQL; `group_commit` runs it, so that with
+This is the only module with the outbox's SQL, apart from the connections' own tables
+(`connect/store.py`, run through `execute` and `query`); `group_commit` runs it, so that with
 `durability = "full"` one fsync covers a batch of operations rather than each one.
 """
 
@@ -16,6 +17,7 @@ from typing import Any, Final, TypeVar
 import msgspec
 import structlog
 
+from qbo_events.connect.store import SCHEMA as CONNECTIONS_SCHEMA
 from qbo_events.errors import OutboxClosed, OutboxError, OutboxFull
 from qbo_events.events import Event
 from qbo_events.group_commit import GroupCommit, Operation
@@ -143,7 +145,9 @@ class Outbox:
         self.max_pending = max_pending
         self.dedupe_window = dedupe_window
         self._clock = clock
-        self._db = GroupCommit(path, durability, on_open=_SCHEMA, create=create)
+        self._db = GroupCommit(
+            path, durability, on_open=_SCHEMA + CONNECTIONS_SCHEMA, create=create
+        )
         self._count_on_open = create
         self._loop: asyncio.AbstractEventLoop | None = None
         self._accepting = False
@@ -253,6 +257,15 @@ class Outbox:
 
     def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return self._db.read(op)
+
+    async def execute(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """A durable write of a neighbour's tables (see connect/store.py), in the group commit."""
+        self._refuse_while_unwritable()
+        return await self._run(op)
+
+    def query(self, op: Callable[[sqlite3.Connection], T]) -> T:
+        """A quick read of a neighbour's tables, committed rows only."""
+        return self._read(op)
 
     # -- intake --------------------------------------------------------------------------------
 
@@ -515,8 +528,12 @@ class Outbox:
             ):
                 try:
                     event = _decode_event(body)
-                    change = event.change
-                    what = (event.object_type, change.object_id, change.event_type.value)
+                    change, connection = event.change, event.connection
+                    if change is not None:
+                        what = (event.object_type, change.object_id, change.event_type.value)
+                    else:
+                        status = connection.status.value if connection else "?"
+                        what = (event.object_type, inst, status)
                 except msgspec.DecodeError:
                     # Listed all the same: a person looking for trouble must see this row.
                     what, error = ("?", "?", "?"), _UNDECODABLE

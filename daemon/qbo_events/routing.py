@@ -22,9 +22,10 @@ class Routes:
     def __init__(self, config: Config) -> None:
         self._by_realm: dict[str, list[tuple[str, frozenset[str] | None]]] = {}
         # Realms an instance polls: QuickBooks may send their webhooks too, but they are known.
-        self._polled = frozenset(i.realm_id for i in config.instances if i.polls)
+        self._polled = frozenset(i.realm_id for i in config.instances if i.polls and i.realm_id)
         for inst in config.instances:
-            if not inst.takes_webhooks:
+            # No realm: a company not connected yet, whose webhooks cannot be told apart.
+            if not inst.takes_webhooks or not inst.realm_id:
                 continue
             # An instance with notifications off gets nothing: its events could never leave.
             # Its realm is still known, so what it is sent counts as unsubscribed, not unknown.

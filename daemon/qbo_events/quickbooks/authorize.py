@@ -31,6 +31,7 @@ class Authorized(msgspec.Struct, frozen=True):
     tokens: Tokens
     # Empty when QuickBooks confirmed the realm; else why it could not, for the operator.
     unconfirmed: str = ""
+    company_name: str = ""  # CompanyInfo's CompanyName, when it was read
 
 
 class _Held:
@@ -88,7 +89,7 @@ async def authorize(
         )
         realm = instance.realm_id
         try:
-            await client.read(realm, manager, "CompanyInfo", realm)
+            answer = await client.read(realm, manager, "CompanyInfo", realm)
         except (QuickBooksAuthError, NeedsReauthorization, QuickBooksFault) as exc:
             if isinstance(exc, QuickBooksFault) and exc.status not in (401, 403):
                 raise
@@ -106,4 +107,6 @@ async def authorize(
                     "--realm-id (the realmId of the redirect), or when QuickBooks answers"
                 ) from None
             return Authorized(held.tokens, unconfirmed=str(exc))
-    return Authorized(held.tokens)
+    info = answer.get("CompanyInfo")
+    name = info.get("CompanyName") if isinstance(info, dict) else None
+    return Authorized(held.tokens, company_name=name if isinstance(name, str) else "")

@@ -118,8 +118,10 @@ class TokenManager:
         initial_refresh_token: str,
         clock: Callable[[], float] = time.time,
         count_call: Callable[[str, str], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.instance = instance
+        self._on_refused = on_refused  # told, as (instance), when QuickBooks says invalid_grant
         self._count_call = count_call  # told of each token request, as (instance, "token")
         self._http = http
         self._token_url = token_url
@@ -250,6 +252,8 @@ class TokenManager:
             # Forget the access token too, so every caller comes through the lock and sees the flag.
             self._tokens = Tokens(refresh_token=tokens.refresh_token)
             log.error("quickbooks.needs_reauthorization", instance=self.instance)
+            if self._on_refused is not None:
+                self._on_refused(self.instance)
             raise
         except QuickBooksError:
             self.refresh_failures += 1

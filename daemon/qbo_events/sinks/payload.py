@@ -1,4 +1,5 @@
-"""Pure: the body of one delivery, in the Open Connectors shape or as a structured CloudEvent."""
+"""Pure: the body of one delivery, in the Open Connectors shape or as a structured CloudEvent;
+a change's, or a connection status's (eventType CONNECTION)."""
 
 from __future__ import annotations
 
@@ -7,15 +8,22 @@ from typing import Any, Final
 
 import orjson
 
-from ..events import Event
+from ..events import Connection, Event
 
 ELEMENT_KEY: Final = "quickbooks"
 FORMATS: Final = ("open-connectors", "cloudevents")
 
 
+CONNECTION_EVENT_TYPE: Final = "CONNECTION"
+CONNECTION_SOURCE: Final = "connection"
+
+
 def message(event: Event, *, instance_name: str, tags: Sequence[str]) -> dict[str, Any]:
     """The Open Connectors `message` object of one event."""
     change = event.change
+    if change is None:
+        assert event.connection is not None
+        return _connection_message(event, event.connection, instance_name, tags)
     item: dict[str, Any] = {
         "eventType": change.event_type.value,
         "objectType": event.object_type,
@@ -42,19 +50,56 @@ def message(event: Event, *, instance_name: str, tags: Sequence[str]) -> dict[st
     }
 
 
+def _connection_message(
+    event: Event, connection: Connection, instance_name: str, tags: Sequence[str]
+) -> dict[str, Any]:
+    """A connection status in the envelope of a change: receivers that read `events[0]` find an
+    eventType no change has, and the realm where a change's is."""
+    item: dict[str, Any] = {
+        "eventType": CONNECTION_EVENT_TYPE,
+        "status": connection.status.value,
+        "objectType": event.object_type,
+        "objectId": instance_name,
+        "elementKey": ELEMENT_KEY,
+        "date": connection.date,
+        "realmId": connection.realm_id,
+    }
+    if connection.company_name is not None:
+        item["companyName"] = connection.company_name
+    if connection.connect_url is not None:
+        item["connectUrl"] = connection.connect_url
+    return {
+        "eventId": event.event_id,
+        "instanceId": instance_name,
+        "instanceName": instance_name,
+        "instanceTags": list(tags),
+        "elementKey": ELEMENT_KEY,
+        "companyId": connection.realm_id,
+        "realmId": connection.realm_id,
+        "source": CONNECTION_SOURCE,
+        "events": [item],
+        "raw": {},
+    }
+
+
 def render(event: Event, *, instance_name: str, tags: Sequence[str], fmt: str) -> tuple[bytes, str]:
     """(body, Content-Type) of the delivery of `event` in `delivery.format` `fmt`."""
     body = message(event, instance_name=instance_name, tags=tags)
     if fmt == "open-connectors":
         return orjson.dumps({"message": body}), "application/json"
     if fmt == "cloudevents":
+        item = body["events"][0]
+        if event.connection is not None:
+            kind, subject = event.connection.status.value, instance_name
+        else:
+            kind, subject = item["eventType"].lower(), item["objectId"]
         cloudevent = {
             "specversion": "1.0",
             "id": event.event_id,
             "source": f"qbo-events/{instance_name}",
-            "type": f"com.quickbooks.{event.object_type}.{event.change.event_type.value.lower()}",
-            "subject": event.change.object_id,
-            "time": event.change.date,
+            "type": f"com.quickbooks.{event.object_type}.{kind}",
+            "subject": subject,
+            "time": item["date"],
             "datacontenttype": "application/json",
             "data": body,
         }

@@ -1,0 +1,1 @@
+"""Connecting companies: connect links, the OAuth redirect, disconnects and connection events."""
