@@ -155,3 +155,15 @@ def test_check_prints_the_slow_interval_only_when_set(
     out = capsys.readouterr().out
     assert "acme: realm 1, polling, 22 resources every 900 s (6 of them every 14400 s) ->" in out
     assert "globex: realm 2, polling, 2 resources every 900 s ->" in out
+
+
+EVERY_15 = "event.poller.refresh_interval = 15\nevent.poller.urls = 'invoices'"
+
+
+def test_check_warns_when_the_configured_polls_would_pass_the_monthly_budget() -> None:
+    settings = SETTINGS + "monthly_call_budget = 1000\n"
+    # One CDC resource every 15 minutes: 2,880 calls in 30 days.
+    found = poll_budget.warnings(load(settings + instance(EVERY_15)))
+    assert any("monthly_call_budget" in w and "2,880" in w for w in found)
+    roomy = SETTINGS + "monthly_call_budget = 3000\n"
+    assert poll_budget.warnings(load(roomy + instance(EVERY_15))) == []

@@ -394,6 +394,7 @@ class Daemon:
             "quickbooks": {
                 **(self._pollers.client_stats() if self._pollers else {}),
                 **({"api_calls": self._meter.stats()} if self._meter else {}),
+                **({"budget": self._pollers.budget_stats()} if self._pollers else {}),
             },
             "webhooks": self._listener.stats() if self._listener else {},
             "outbox": {

@@ -61,6 +61,10 @@ class QuickBooksUnavailable(QuickBooksError):
     """5xx, a timeout or a network error: worth retrying with back-off."""
 
 
+class BudgetExhausted(QuickBooksError):
+    """The month's calls reached `quickbooks.monthly_call_budget`: none leaves until it turns."""
+
+
 class QuickBooksFault(QuickBooksError):
     """QuickBooks answered with a Fault (validation, permission, unsupported operation)."""
 

@@ -53,6 +53,18 @@ class Metrics:
             "Webhook entities for realms no instance serves",
             registry=r,
         )
+        self.webhook_unsubscribed = Counter(
+            "qbo_events_webhook_unsubscribed_entities",
+            "Webhook entities of a served realm that no instance's resource list takes",
+            registry=r,
+        )
+        self.budget_stretch = Gauge(
+            "qbo_events_poll_interval_stretch",
+            "Factor the monthly call budget puts on poll intervals, by instance mode "
+            "(hybrid, polling); +Inf while polling waits for the month to turn",
+            ["mode"],
+            registry=r,
+        )
         self.poll_duration = Histogram(
             "qbo_events_poll_duration_seconds",
             "Duration of one poll of one resource (per instance detail: /status)",

@@ -51,4 +51,13 @@ def warnings(config: Config) -> list[str]:
                 f"{limit}); polls would queue behind the limit and fall behind. Poll fewer "
                 "resources (event.poller.urls) or less often (event.poller.refresh_interval)"
             )
+    allowance = config.quickbooks.monthly_call_budget
+    polled = [i for i in config.instances if i.polls and i.event.notification.enabled]
+    month = sum(calls_per_minute(inst) for inst in polled) * 60 * 24 * 30
+    if allowance and month > allowance:
+        found.append(
+            f"quickbooks.monthly_call_budget: polling at the configured intervals makes about "
+            f"{month:,.0f} calls in 30 days, more than the budget of {allowance:,}; the daemon "
+            "will stretch the intervals (hybrid instances first) to stay within it"
+        )
     return found

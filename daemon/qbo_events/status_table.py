@@ -174,6 +174,18 @@ def _calls_lines(status: dict[str, Any]) -> list[str]:
         f"quickbooks calls {month.get('month')}: {month.get('total', 0)}, "
         f"projected {month.get('projection', 0)} for the month",
     ]
+    budget = (status.get("quickbooks") or {}).get("budget") or {}
+    if budget.get("monthly_call_budget"):
+        stretch = budget.get("stretch") or {}
+        lines.append(
+            f"budget {budget['monthly_call_budget']}: {budget.get('used', 0)} used; "
+            + (
+                f"poll intervals stretched (hybrid x{stretch.get('hybrid')}, "
+                f"polling-only x{stretch.get('polling')}) since {budget.get('since')}"
+                if budget.get("stretched")
+                else "poll intervals as configured"
+            )
+        )
     for name, inst in (status.get("instances") or {}).items():
         calls = inst.get("api_calls") or {}
         kinds = ", ".join(f"{k} {v}" for k, v in (calls.get("by_kind") or {}).items())

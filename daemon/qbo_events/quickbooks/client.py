@@ -15,6 +15,7 @@ import structlog
 from yarl import URL
 
 from qbo_events.errors import (
+    BudgetExhausted,
     QuickBooksAuthError,
     QuickBooksFault,
     QuickBooksRateLimited,
@@ -72,9 +73,11 @@ class QuickBooksClient:
         request_timeout: float = REQUEST_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         count_call: Callable[[str, str], None] | None = None,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
         self._http = http
         self._count_call = count_call  # (instance, kind) of every request sent
+        self._admit = admit  # False for a kind of call the monthly budget has no room for
         self._base_url = base_url.rstrip("/")
         self._minor_version = minor_version
         self._requests_per_minute = requests_per_minute
@@ -212,9 +215,13 @@ class QuickBooksClient:
     ) -> _Answer:
         """One HTTP exchange inside a realm slot; network failures become QuickBooksUnavailable."""
         async with limiter.slot():
+            kind = kind_of(path)
+            if self._admit is not None and not self._admit(kind):
+                self.calls["budget"] += 1
+                raise BudgetExhausted(f"GET {path}: the monthly call budget is spent")
             if self._count_call is not None:
                 # Counted as it leaves: Intuit meters each request, retries and failures included.
-                self._count_call(instance, kind_of(path))
+                self._count_call(instance, kind)
             try:
                 async with self._http.get(
                     url,

@@ -16,6 +16,8 @@ import structlog
 from qbo_events.errors import OutboxError
 
 KINDS: Final = ("cdc", "query", "read", "batch", "token")
+# What Intuit meters ("CorePlus": data out); OAuth calls are free.
+METERED: Final = frozenset(("cdc", "query", "read", "batch"))
 # Counts reach the disk this often; a crash loses at most this many seconds of them.
 FLUSH_INTERVAL: Final = 5.0
 # Rows older than this many months are pruned; a year back, plus the month under way.
@@ -83,6 +85,9 @@ class CallMeter:
         self._counts: Counter[Key] = Counter()
         self._unsaved: dict[tuple[str, str, str], int] = {}  # (month, instance, kind) -> count
         self._logged_day = ""
+        self._metered = 0  # this month's calls of the METERED kinds, kept as they are counted
+        # App-wide, as Intuit meters: 0 is no budget. Calls past it are refused before they leave.
+        self.budget = 0
 
     async def load(self) -> None:
         """Continue the month under way from the counts stored by an earlier run."""
@@ -90,12 +95,15 @@ class CallMeter:
         stored = await self._store.load_api_calls(self.month)
         for key, count in stored.items():
             self._counts[key] = max(self._counts[key], count)
+        self._metered = sum(c for (_, kind), c in self._counts.items() if kind in METERED)
 
     def count(self, instance: str, kind: str) -> None:
         """One request sent; a retried request is another one, as Intuit meters it."""
         self._roll()
         key = (instance, kind)
         self._counts[key] += 1
+        if kind in METERED:
+            self._metered += 1
         self._unsaved[(self.month, instance, kind)] = self._counts[key]
         if self._on_count is not None:
             self._on_count(kind)
@@ -108,6 +116,7 @@ class CallMeter:
             log.info("quickbooks.calls_month_ended", month=self.month, total=ended)
             self.month = month
             self._counts.clear()
+            self._metered = 0
 
     async def flush(self, *, durable: bool = False) -> None:
         """Write the counts changed since the last flush; kept for the next one on failure."""
@@ -167,6 +176,18 @@ class CallMeter:
             by_kind=self.by_kind(),
         )
         return True
+
+    def admits(self, kind: str) -> bool:
+        """Whether a call of `kind` may leave now without passing the monthly budget."""
+        if not self.budget or kind not in METERED:
+            return True
+        self._roll()
+        return self._metered < self.budget
+
+    def metered_total(self) -> int:
+        """The month's calls that Intuit meters (all kinds but token)."""
+        self._roll()
+        return self._metered
 
     def total(self, instance: str | None = None) -> int:
         self._roll()

@@ -101,6 +101,8 @@ class ResourceLoop:
         # next interval from this common start, so they keep falling due together.
         self._shared_start: float | None = None
         self.stopped = False
+        # The monthly budget's factor on the configured interval; math.inf pauses the loop.
+        self.stretch = 1.0
         self._server_start: float | None = None
         self._wakeup = asyncio.Event()
         self.state = LoopState.STARTING
@@ -130,7 +132,13 @@ class ResourceLoop:
     @property
     def interval(self) -> float:
         """Seconds between polls, read afresh so that a reload applies to the wait under way."""
-        return self.instance.event.poller.interval_for(self.resource.name)
+        return self.instance.event.poller.interval_for(self.resource.name) * self.stretch
+
+    def restretch(self, factor: float) -> None:
+        """A new budget factor: the current wait is re-timed at once."""
+        if factor != self.stretch:
+            self.stretch = factor
+            self._wakeup.set()
 
     def __repr__(self) -> str:
         return f"<ResourceLoop {self.instance.name}/{self.resource.name} {self.state}>"
@@ -213,7 +221,9 @@ class ResourceLoop:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(None if math.isinf(remaining) else remaining):
                     await self._wakeup.wait()
-            if math.isinf(seconds) and not self.stopped:
+            # A wake-up ends an endless pause (a reload may bring new tokens), but not a loop
+            # the budget holds until the month turns: that one waits for a finite interval.
+            if math.isinf(seconds) and not math.isinf(interval) and not self.stopped:
                 return
 
     def _failed(self, exc: QuickBooksError) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import Callable
 from typing import Any
@@ -15,6 +16,7 @@ from qbo_events import health, qbtime
 from qbo_events.config import Config, Instance
 from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox
+from qbo_events.quickbooks.budget import NO_STRETCH, BudgetKeeper, Stretch
 from qbo_events.quickbooks.client import QuickBooksClient
 from qbo_events.quickbooks.meter import CallMeter
 from qbo_events.quickbooks.oauth import TokenManager, api_base_for, token_url_for
@@ -47,7 +49,15 @@ class Pollers:
         meter: CallMeter | None = None,
     ) -> None:
         self._outbox = outbox
+        self._meter = meter
         self._count_call = meter.count if meter is not None else None
+        # Plans the monthly budget; its factors reach the loops through `_restretch`.
+        self.budget = (
+            BudgetKeeper(meter, self._restretch, on_change=self._show_stretch)
+            if meter is not None
+            else None
+        )
+        self._stretch = NO_STRETCH
         self._http = http
         self._metrics = metrics
         self._on_accepted = on_accepted
@@ -70,7 +80,11 @@ class Pollers:
             async with asyncio.TaskGroup() as group:
                 self._group = group
                 self.apply(config)
+                if self.budget is not None:
+                    group.create_task(self.budget.run(), name="budget")
                 await stop.wait()
+                if self.budget is not None:
+                    self.budget.halt()
                 for loop in self._loops.values():
                     loop.halt()
                 with contextlib.suppress(TimeoutError):
@@ -91,6 +105,11 @@ class Pollers:
         if self._group is None:
             return
         qb = config.quickbooks
+        if self._meter is not None and self.budget is not None:
+            self._meter.budget = qb.monthly_call_budget
+            self.budget.configure(config)
+            # Before the loops start: a restart in a stretched month must not poll at once.
+            self.budget.replan()
         client_key = (
             api_base_for(qb.environment, qb.api_base_url),
             qb.minor_version,
@@ -106,6 +125,7 @@ class Pollers:
                 requests_per_minute=per_minute,
                 max_concurrent_requests=concurrent,
                 count_call=self._count_call,
+                admit=self._meter.admits if self._meter is not None else None,
             )
             self._client_key = client_key
         wanted: dict[tuple[str, str], Instance] = {}
@@ -144,11 +164,26 @@ class Pollers:
                 on_paused=self._log_paused,
                 coalescer=self._coalescers.get(inst.name),
             )
+            loop.stretch = self._stretch.for_instance(inst)
             self._loops[key] = loop
             # All loops of an instance first poll together (slow lists too), so that their CDC
             # reads share one request; later ones fall due together at the common interval.
-            first = inst.event.poller.interval_seconds * offsets[inst.name]
+            first = inst.event.poller.interval_seconds * offsets[inst.name] * loop.stretch
+            if math.isinf(loop.stretch):
+                first = math.inf  # the budget holds it until the month turns
             self._group.create_task(self._run_loop(loop, first), name=f"poll:{key[0]}/{key[1]}")
+
+    def _restretch(self, stretch: Stretch) -> None:
+        self._stretch = stretch
+        for loop in self._loops.values():
+            loop.restretch(stretch.for_instance(loop.instance))
+
+    def _show_stretch(self, stretch: Stretch) -> None:
+        self._metrics.budget_stretch.labels("hybrid").set(stretch.hybrid)
+        self._metrics.budget_stretch.labels("polling").set(stretch.polling)
+
+    def budget_stats(self) -> dict[str, Any]:
+        return self.budget.stats() if self.budget is not None else {}
 
     def _coalescers_for(self, polling: dict[str, Instance]) -> None:
         for name in [n for n in self._coalescers if n not in polling or not COALESCE]:
@@ -231,6 +266,9 @@ class Pollers:
         tokens = self._tokens.get(name)
         resources = {res: loop.stats() for (inst, res), loop in self._loops.items() if inst == name}
         result: dict[str, Any] = {"resources": resources}
+        inst = self._config.instance(name) if self._config is not None else None
+        if inst is not None and (factor := self._stretch.for_instance(inst)) != 1.0:
+            result["poll_stretch"] = "paused" if math.isinf(factor) else round(factor, 2)
         if tokens is not None:
             result["tokens"] = tokens.stats()
             if tokens.needs_reauthorization:

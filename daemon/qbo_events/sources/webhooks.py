@@ -124,6 +124,7 @@ class WebhookListener:
         if unsubscribed:
             # Left out by the instances' resource lists: expected, so counted and not logged.
             self.counts["unsubscribed_entities"] += unsubscribed
+            self._metrics.webhook_unsubscribed.inc(unsubscribed)
         self._accepted.inc(new)
         self._duplicate.inc(len(events) - new)
         if new:
