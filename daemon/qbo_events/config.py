@@ -83,6 +83,9 @@ class Callback(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     key: str = ""
     key_file: str = ""
+    # The key being rotated out: while set, `webhook-signature` carries its signature too.
+    previous_key: str = ""
+    previous_key_file: str = ""
 
 
 class Notification(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -164,6 +167,10 @@ class Instance(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         return self.event.notification.signature.key
 
     @property
+    def previous_signature_key(self) -> str:
+        return self.event.notification.signature.previous_key
+
+    @property
     def callback_url(self) -> str:
         return self.event.notification.callback.url
 
@@ -181,7 +188,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         """Every secret value in this config, for the log redaction step."""
         values = [self.quickbooks.client_secret, self.quickbooks.webhook_verifier_token]
         for instance in self.instances:
-            values += [instance.refresh_token, instance.signature_key]
+            values += [
+                instance.refresh_token,
+                instance.signature_key,
+                instance.previous_signature_key,
+            ]
         return [v for v in values if v]
 
     def instance(self, name: str) -> Instance | None:
@@ -452,13 +463,20 @@ def _resolve_secrets(
     instances = []
     for index, inst in enumerate(config.instances):
         sig = inst.event.notification.signature
-        where = f"instances[{index}].event.notification.signature.key_file"
-        if sig.key_file and sig.key:
-            problems.append(f"{where}: give either key or key_file")
-        elif sig.key_file:
-            key = _read_secret(sig.key_file, where, environ, base_dir, problems)
+        where = f"instances[{index}].event.notification.signature"
+        read: dict[str, str] = {}
+        for name in ("key", "previous_key"):
+            file = getattr(sig, f"{name}_file")
+            if file and getattr(sig, name):
+                problems.append(f"{where}.{name}_file: give either {name} or {name}_file")
+            elif file:
+                secret = _read_secret(file, f"{where}.{name}_file", environ, base_dir, problems)
+                # A file that cannot be read stays named, so that validation knows a key was
+                # meant and does not add a second, misleading problem.
+                read.update({name: secret, f"{name}_file": "" if secret else file})
+        if read:
             notification = msgspec.structs.replace(
-                inst.event.notification, signature=Signature(key=key)
+                inst.event.notification, signature=msgspec.structs.replace(sig, **read)
             )
             inst = msgspec.structs.replace(
                 inst, event=msgspec.structs.replace(inst.event, notification=notification)
@@ -646,10 +664,24 @@ def _validate_event(event: EventSettings, where: str) -> list[str]:
             problems.append(f"{where}.poller.since: must not be in the future")
     if not math.isfinite(poller.overlap):
         problems.append(f"{where}.poller.overlap: must be a finite number of seconds")
-    key = event.notification.signature.key
-    if key:
-        try:
-            key_bytes(key)
-        except ValueError as exc:
-            problems.append(f"{where}.notification.signature.key: {exc}")
+    return problems + _validate_signature(event.notification.signature, where)
+
+
+def _validate_signature(sig: Signature, where: str) -> list[str]:
+    problems: list[str] = []
+    keys: dict[str, bytes] = {}
+    for name in ("key", "previous_key"):
+        value = getattr(sig, name)
+        if value:
+            try:
+                keys[name] = key_bytes(value)
+            except ValueError as exc:
+                problems.append(f"{where}.notification.signature.{name}: {exc}")
+    key_meant = sig.key or sig.key_file
+    if (sig.previous_key or sig.previous_key_file) and not key_meant:
+        problems.append(
+            f"{where}.notification.signature.previous_key: only with a key (the new one)"
+        )
+    elif "key" in keys and keys.get("previous_key") == keys["key"]:
+        problems.append(f"{where}.notification.signature.previous_key: must differ from key")
     return problems

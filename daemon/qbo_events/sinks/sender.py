@@ -53,6 +53,8 @@ class Target(msgspec.Struct, frozen=True):
     url: str
     key: bytes | None
     tags: tuple[str, ...]
+    # During a key rotation: also signs `webhook-signature`, so receivers may switch keys late.
+    previous_key: bytes | None = None
 
     @property
     def endpoint(self) -> str:
@@ -67,6 +69,11 @@ def targets_from(config: Config) -> dict[str, Target]:
             url=inst.callback_url,
             key=signing.key_bytes(inst.signature_key) if inst.signature_key else None,
             tags=tuple(inst.tags),
+            previous_key=(
+                signing.key_bytes(inst.previous_signature_key)
+                if inst.signature_key and inst.previous_signature_key
+                else None
+            ),
         )
         for inst in config.instances
         if inst.event.notification.enabled
@@ -364,8 +371,8 @@ class Sender:
         }
         if target.key is not None:
             headers["Elements-Webhook-Signature"] = signing.elements_signature(target.key, body)
-            headers["webhook-signature"] = signing.standard_signature(
-                target.key, event.event_id, timestamp, body
+            headers["webhook-signature"] = signing.standard_signatures(
+                (target.key, target.previous_key), event.event_id, timestamp, body
             )
         try:
             async with self._http.post(

@@ -7,6 +7,7 @@ import binascii
 import functools
 import hashlib
 import hmac
+from collections.abc import Iterable
 from typing import Final
 
 _WHSEC: Final = "whsec_"
@@ -55,6 +56,16 @@ def elements_signature(key: bytes, body: bytes) -> str:
 def standard_signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """`webhook-signature`: `v1,` + base64(HMAC-SHA256(key, "<id>.<timestamp>.<body>"))."""
     return "v1," + _hmac_b64(key, f"{msg_id}.{timestamp}.".encode() + body)
+
+
+def standard_signatures(
+    keys: Iterable[bytes | None], msg_id: str, timestamp: int, body: bytes
+) -> str:
+    """`webhook-signature` with one `v1,` signature per key (None skipped), space-separated.
+
+    Standard Webhooks receivers accept a message when any one of them verifies, so during a key
+    rotation a receiver holding either the new key or the previous one keeps verifying."""
+    return " ".join(standard_signature(k, msg_id, timestamp, body) for k in keys if k is not None)
 
 
 def intuit_signature(verifier_token: str, body: bytes) -> str:
