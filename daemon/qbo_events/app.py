@@ -88,6 +88,7 @@ class Daemon:
             durability=config.outbox.durability,
             max_pending=config.outbox.max_pending,
             dedupe_window=config.outbox.dedupe_window_days * 86400,
+            history_days=config.outbox.history_days,
         )
         # The state_dir's lock first (StartupError if another daemon holds it), then the outbox.
         state = held(Path(config.state_dir), outbox)
@@ -140,6 +141,7 @@ class Daemon:
                     sinks.create_task(self._report(sinks_stop), name="report")
                     # In the sinks' group: its last flush comes after the pollers have stopped.
                     sinks.create_task(meter.run(sinks_stop), name="meter")
+                    sinks.create_task(outbox.run_pruning(sinks_stop), name="history")
                     try:
                         async with asyncio.TaskGroup() as sources:
                             sources.create_task(pollers.run(config, sources_stop), name="pollers")
@@ -257,6 +259,7 @@ class Daemon:
         self._listener.read_timeout = new.http.read_timeout
         self._outbox.max_pending = new.outbox.max_pending
         self._outbox.dedupe_window = new.outbox.dedupe_window_days * 86400
+        self._outbox.history_days = new.outbox.history_days
         self._sender.configure(new.delivery, targets)
         if self._pollers is not None:
             self._pollers.apply(new)

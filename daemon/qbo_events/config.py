@@ -74,6 +74,8 @@ class OutboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
     durability: Literal["full", "normal"] = "full"
     max_pending: PositiveInt = 1_000_000
     dedupe_window_days: Positive = 7.0
+    # Delivered events and every attempt are kept this many days; 0 keeps none.
+    history_days: Annotated[float, Meta(ge=0)] = 7.0
 
 
 class Callback(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

@@ -8,6 +8,7 @@ This is the only module with the outbox's SQL, apart from the connections' own t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -21,6 +22,9 @@ from qbo_events.connect.store import SCHEMA as CONNECTIONS_SCHEMA
 from qbo_events.errors import OutboxClosed, OutboxError, OutboxFull
 from qbo_events.events import Event
 from qbo_events.group_commit import GroupCommit, Operation
+from qbo_events.history import SCHEMA as HISTORY_SCHEMA
+from qbo_events.history import Attempt, insert_attempts, keep_delivered
+from qbo_events.history import prune as prune_history_batch
 from qbo_events.quickbooks.oauth import Tokens
 
 log = structlog.get_logger("qbo_events.outbox")
@@ -137,6 +141,7 @@ class Outbox:
         durability: str = "full",
         max_pending: int = 1_000_000,
         dedupe_window: float = 7 * 86400.0,
+        history_days: float = 0.0,
         clock: Callable[[], float] = time.time,
         create: bool = True,
     ) -> None:
@@ -144,9 +149,12 @@ class Outbox:
         self.durability = durability
         self.max_pending = max_pending
         self.dedupe_window = dedupe_window
+        # Delivered events and every attempt are kept this long (history.py); 0 keeps none.
+        self._history_days = history_days
+        self._prune_now = asyncio.Event()
         self._clock = clock
         self._db = GroupCommit(
-            path, durability, on_open=_SCHEMA + CONNECTIONS_SCHEMA, create=create
+            path, durability, on_open=_SCHEMA + CONNECTIONS_SCHEMA + HISTORY_SCHEMA, create=create
         )
         self._count_on_open = create
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -156,7 +164,7 @@ class Outbox:
         self.accepted = 0
         self.duplicates = 0
         self._last_prune = 0.0
-        self._acks: list[int] = []
+        self._acks: list[tuple[int, Attempt | None, bytes | None]] = []
         self._acks_done: asyncio.Future[int] | None = None
         self._counting: asyncio.Future[Counts] | None = None  # the scan /status callers share
         self._counted: tuple[float, Counts] | None = None  # when that scan began, its counts
@@ -258,10 +266,14 @@ class Outbox:
     def _read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         return self._db.read(op)
 
-    async def execute(self, op: Callable[[sqlite3.Connection], T]) -> T:
+    async def execute(
+        self,
+        op: Callable[[sqlite3.Connection], T],
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
         """A durable write of a neighbour's tables (see connect/store.py), in the group commit."""
         self._refuse_while_unwritable()
-        return await self._run(op)
+        return await self._run(op, on_commit)
 
     def query(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """A quick read of a neighbour's tables, committed rows only."""
@@ -449,12 +461,15 @@ class Outbox:
         self.pending = scanned + (self.pending - counted)
         return work
 
-    async def delivered(self, seq: int) -> None:
-        """Remove a delivered row. The rows delivered within one turn of the event loop go in
-        one operation: at thousands of deliveries a second, one each would crowd the writer."""
+    async def delivered(
+        self, seq: int, attempt: Attempt | None = None, body: bytes | None = None
+    ) -> None:
+        """Remove a delivered row (into history, with its attempt and the body as sent, while
+        history_days is set). The rows delivered within one turn of the event loop go in one
+        operation: at thousands of deliveries a second, one each would crowd the writer."""
         if not self._db.is_open or self._loop is None:
             raise OutboxClosed("the outbox is closed")
-        self._acks.append(seq)
+        self._acks.append((seq, attempt, body))
         if self._acks_done is None:
             self._acks_done = self._loop.create_future()
             self._loop.call_soon(self._flush_acks)
@@ -465,8 +480,14 @@ class Outbox:
         future, self._acks_done = self._acks_done, None
         assert future is not None
 
+        keep = self.history_days > 0
+        at = self._clock()
+
         def op(conn: sqlite3.Connection) -> int:
-            rows = [(seq,) for seq in seqs]
+            if keep:
+                insert_attempts(conn, [(seq, a) for seq, a, _ in seqs if a is not None])
+                keep_delivered(conn, [(seq, body) for seq, _, body in seqs], at)
+            rows = [(seq,) for seq, _, _ in seqs]
             return conn.executemany("DELETE FROM outbox WHERE seq = ?", rows).rowcount
 
         # Not fsynced on its own: lost to a power cut, the rows are only delivered again.
@@ -475,17 +496,30 @@ class Outbox:
     def _acked(self, count: int) -> None:
         self.pending -= count
 
-    async def retry_later(self, seq: int, attempts: int, next_at: float, error: str) -> None:
-        await self._run(
-            lambda conn: conn.execute(
+    async def retry_later(
+        self, seq: int, attempts: int, next_at: float, error: str, attempt: Attempt | None = None
+    ) -> None:
+        keep = attempt is not None and self.history_days > 0
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
                 "UPDATE outbox SET attempts = ?, next_at = ?, last_error = ? WHERE seq = ?",
                 (attempts, next_at, error[:500], seq),
-            ),
-            durable=False,  # lost to a power cut, the event is only tried sooner
-        )
+            )
+            if keep and attempt is not None:
+                insert_attempts(conn, [(seq, attempt)])
 
-    async def dead_letter(self, seq: int, attempts: int, error: str) -> None:
+        # Lost to a power cut, the event is only tried sooner.
+        await self._run(op, durable=False)
+
+    async def dead_letter(
+        self, seq: int, attempts: int, error: str, attempt: Attempt | None = None
+    ) -> None:
+        keep = attempt is not None and self.history_days > 0
+
         def op(conn: sqlite3.Connection) -> int:
+            if keep and attempt is not None:
+                insert_attempts(conn, [(seq, attempt)])
             return conn.execute(
                 "UPDATE outbox SET state = 'dead', attempts = ?, last_error = ?"
                 " WHERE seq = ? AND state = 'pending'",
@@ -493,6 +527,37 @@ class Outbox:
             ).rowcount
 
         await self._run(op, self._acked)
+
+    @property
+    def history_days(self) -> float:
+        return self._history_days
+
+    @history_days.setter
+    def history_days(self, days: float) -> None:
+        if days < self._history_days:
+            self._prune_now.set()  # a shorter history applies at once, not at the next round
+        self._history_days = days
+
+    async def prune_history(self) -> int:
+        """Delete history past history_days in small transactions; returns the rows deleted.
+        With history_days at 0 everything kept so far goes, batch by batch, the same way."""
+        before = self._clock() - self.history_days * 86400
+        total = 0
+        while True:
+            gone = await self._run(lambda conn: prune_history_batch(conn, before), durable=False)
+            total += gone
+            if not gone:
+                return total
+
+    async def run_pruning(self, stop: asyncio.Event, interval: float = 60.0) -> None:
+        """Prune history every `interval` seconds until `stop`; storage trouble waits a turn."""
+        while not stop.is_set():
+            self._prune_now.clear()
+            with contextlib.suppress(OutboxError):
+                await self.prune_history()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await _either(stop, self._prune_now)
 
     # -- inspection and repair -----------------------------------------------------------------
 
@@ -570,9 +635,10 @@ class Outbox:
                 args.append(event_id)
             return conn.execute(sql, args).rowcount
 
-        return await self._run(op, self._requeued)
+        return await self._run(op, self.requeued)
 
-    def _requeued(self, count: int) -> None:
+    def requeued(self, count: int) -> None:
+        """Rows made undelivered again (re-queued dead letters, replays) count as pending."""
         self.pending += count
 
     def stats(self) -> dict[str, Any]:
@@ -607,3 +673,15 @@ def _count_pending(conn: sqlite3.Connection) -> int:
 
 def _prune(before: float) -> Operation:
     return lambda conn: conn.execute("DELETE FROM dedupe WHERE seen_at < ?", (before,))
+
+
+async def _either(first: asyncio.Event, second: asyncio.Event) -> None:
+    """Until either event is set."""
+    async with asyncio.TaskGroup() as group:
+        waits = [group.create_task(e.wait()) for e in (first, second)]
+        done = asyncio.Event()
+        for wait in waits:
+            wait.add_done_callback(lambda _: done.set())
+        await done.wait()
+        for wait in waits:
+            wait.cancel()

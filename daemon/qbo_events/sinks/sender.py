@@ -24,6 +24,7 @@ import structlog
 from qbo_events import __version__
 from qbo_events.config import Config, DeliveryConfig
 from qbo_events.errors import DeliveryError, DeliveryRejected, DeliveryTimeout, OutboxError
+from qbo_events.history import RESPONSE_HEAD, Attempt
 from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox, Row
 from qbo_events.sinks import payload, retry, signing
@@ -293,8 +294,9 @@ class Sender:
     async def _deliver(self, row: Row, target: Target) -> None:
         try:
             failure: DeliveryError | None = None
+            note = _Note(at=time.time(), began=time.monotonic())
             try:
-                await self._attempt(row, target)
+                await self._attempt(row, target, note)
             except DeliveryError as exc:
                 failure = exc
             except Exception as exc:
@@ -307,10 +309,11 @@ class Sender:
                 self._busy -= 1
                 self._endpoint_busy[target.endpoint] -= 1
                 self._wakeup.set()
+            attempt = note.attempt(target, failure)
             if failure is not None:
-                await self._failed(row, failure)
+                await self._failed(row, failure, attempt)
             else:
-                await self._outbox.delivered(row.seq)
+                await self._outbox.delivered(row.seq, attempt, note.body)
                 self.delivered += 1
                 self._delivered_metric.inc()
                 self._metrics.delivery_latency.observe(self._clock() - row.accepted_at)
@@ -334,7 +337,7 @@ class Sender:
                 self._idle.set()
             self._wakeup.set()
 
-    async def _failed(self, row: Row, exc: DeliveryError) -> None:
+    async def _failed(self, row: Row, exc: DeliveryError, attempt: Attempt) -> None:
         attempts = row.attempts + 1
         self.failed += 1
         error = str(exc) or type(exc).__name__
@@ -345,22 +348,23 @@ class Sender:
             )
         logger = log.bind(instance=row.event.instance, event_id=row.event.event_id)
         if delay is None:
-            await self._outbox.dead_letter(row.seq, attempts, error)
+            await self._outbox.dead_letter(row.seq, attempts, error, attempt)
             self.dead += 1
             self._metrics.deliveries.labels("dead").inc()
             logger.warning("delivery dead-lettered", attempts=attempts, error=error)
         else:
-            await self._outbox.retry_later(row.seq, attempts, self._clock() + delay, error)
+            await self._outbox.retry_later(row.seq, attempts, self._clock() + delay, error, attempt)
             self._metrics.deliveries.labels("retry").inc()
             logger.info(
                 "delivery failed; will retry", attempts=attempts, delay=round(delay, 3), error=error
             )
 
-    async def _attempt(self, row: Row, target: Target) -> None:
+    async def _attempt(self, row: Row, target: Target, note: _Note) -> None:
         event = row.event
         body, content_type = payload.render(
             event, instance_name=target.instance, tags=target.tags, fmt=self._delivery.format
         )
+        note.body = body
         timestamp = int(time.time())
         headers = {
             "Content-Type": content_type,
@@ -382,7 +386,10 @@ class Sender:
                 allow_redirects=False,
                 timeout=aiohttp.ClientTimeout(total=self._delivery.timeout),
             ) as response:
-                status = response.status
+                status = note.status = response.status
+                if self._outbox.history_days > 0:
+                    # Within the attempt's timeout: a receiver that trickles its answer is slow.
+                    note.response = await response.content.read(RESPONSE_HEAD)
                 retry_after = retry.parse_retry_after(
                     response.headers.get("Retry-After"), time.time()
                 )
@@ -394,6 +401,34 @@ class Sender:
             raise DeliveryRejected(
                 status, retry_after=retry_after if status in (429, 503) else None
             )
+
+
+class _Note:
+    """What one attempt saw, filled in as it goes, for the delivery history."""
+
+    def __init__(self, *, at: float, began: float) -> None:
+        self.at = at
+        self.began = began
+        self.body: bytes | None = None
+        self.status: int | None = None
+        self.response = b""
+
+    def attempt(self, target: Target, failure: DeliveryError | None) -> Attempt:
+        return Attempt(
+            at=self.at,
+            endpoint=_shown(target.url),
+            latency_ms=(time.monotonic() - self.began) * 1000,
+            status=self.status,
+            error=None if failure is None else (str(failure) or type(failure).__name__),
+            response=self.response,
+        )
+
+
+def _shown(url: str) -> str:
+    """The callback as history shows it: no user info or query, which may carry secrets."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 class _CutOff(Exception):
