@@ -2,6 +2,7 @@
 
     python bench/poll.py                      # N = 50 and 200
     python bench/poll.py --n 50 --n 200 --n 1000 --repeats 3 --json out.json
+    python bench/poll.py --calls --repeats 3     # only the API calls, before and after coalescing
 
 For each N this starts `python -m qbo_events sandbox` with N realms (its per-realm rate limits
 raised through the control API, so the sandbox never throttles), a bare callback receiver, and
@@ -21,6 +22,14 @@ CPU seconds per poll x 22,000 / 900 s must stay under 0.1 (10 % of one core) and
 
 A /metrics scrape is timed on its own, outside the CPU window: its cost grows with the number of
 (instance, resource) label sets, and Prometheus scrapes it on its own schedule.
+
+At the end (alone with `--calls`, skipped with `--no-calls`) it counts the metered API calls
+per company and poll cycle for 5 companies x 22 resources at a 6 s interval, four variants:
+polling-only and hybrid instances, each with coalescing off (QBO_EVENTS_COALESCE=0: one call
+per resource, the cost before) and on. The counts are the sandbox's own (`calls_by_realm`,
+kinds cdc, query, read and batch; token calls are not metered by Intuit and are left out), over
+whole cycles after a warm-up; per company-month = per cycle x 96 x 30. Exit status 1 when
+"after" exceeds 4 calls per cycle per company or exceeds "before".
 
 Everything binds 127.0.0.1; every process is ended by its pid; each N is bounded in time.
 """
@@ -155,7 +164,11 @@ class PollingDaemon:
         realms: list[str],
         interval_minutes: float,
         log_level: str,
+        vendor: str = "polling",
+        coalesce: bool | None = None,
     ) -> None:
+        """`vendor` is every instance's event.vendor.type; `coalesce` None keeps the caller's
+        QBO_EVENTS_COALESCE, False sets it to 0 (one CDC call per resource, the old cost)."""
         self.health_port = free_port()
         webhook_port = free_port()
         lines = [
@@ -176,16 +189,18 @@ class PollingDaemon:
         for index, realm in enumerate(realms):
             lines += [
                 "[[instances]]",
-                f'name = "poll-{index:04d}"',
+                f'name = "{vendor}-{index:04d}"',
                 f'realm_id = "{realm}"',
                 f'refresh_token = "{refresh_token_for(index, realm)}"',
-                'event.vendor.type = "polling"',
+                f'event.vendor.type = "{vendor}"',
                 f'event.notification.callback.url = "{callback_url}"',
                 f"event.poller.refresh_interval = {interval_minutes!r}",
             ]
         self.config_path = work / "config.toml"
         self.config_path.write_text("\n".join(lines) + "\n")
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+        if coalesce is not None:
+            env["QBO_EVENTS_COALESCE"] = "1" if coalesce else "0"
         self.proc = procs.add(
             Proc(
                 "daemon",
@@ -345,6 +360,164 @@ def measure(args: argparse.Namespace, n: int, interval_s: float) -> dict[str, An
         return result
 
 
+# -- API calls per company and cycle, before and after coalescing ------------------------------
+
+# The kinds Intuit meters as data-out calls; token calls (the OAuth server) and writes are not.
+METERED = ("cdc", "query", "read", "batch")
+CALLS_TARGET = 4.0  # per poll cycle per company with all 22 resources (issue 9)
+MONTH_CYCLES_15MIN = 96 * 30
+VARIANTS = (("polling", False), ("polling", True), ("hybrid", False), ("hybrid", True))
+
+
+def sandbox_calls(base: str) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """The sandbox's own call counts: (by kind, by realm and kind)."""
+    stats = http_json(f"{base}/_sandbox/stats", timeout=60)[1]
+    return dict(stats["calls"]), {r: dict(k) for r, k in stats["calls_by_realm"].items()}
+
+
+def metered(kinds: dict[str, int]) -> int:
+    return sum(kinds.get(kind, 0) for kind in METERED)
+
+
+def daemon_calls_by_kind(text: str) -> dict[str, float]:
+    """qbo_events_quickbooks_calls_total by its `kind` label: the daemon's own count."""
+    kinds: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _SAMPLE.match(line)
+        if match and match.group(1) == "qbo_events_quickbooks_calls_total" and match.group(2):
+            kind = re.search(r'kind="([^"]*)"', match.group(2))
+            if kind:
+                kinds[kind.group(1)] = kinds.get(kind.group(1), 0.0) + float(match.group(3))
+    return kinds
+
+
+def measure_calls(
+    args: argparse.Namespace, vendor: str, coalesce: bool, interval_s: float
+) -> dict[str, Any]:
+    """One variant: N instances of `vendor`, coalescing on or off; metered calls per cycle."""
+    n = args.calls_n
+    realms = realm_ids(n)
+    with workdir(keep=args.keep) as work, Procs() as procs:
+        sandbox = start_sandbox(procs, work, realms, args.seed, 0.0)
+        _, callback = start_bare(procs, work)
+        daemon = PollingDaemon(
+            procs,
+            work,
+            sandbox=sandbox,
+            callback_url=callback,
+            realms=realms,
+            interval_minutes=interval_s / 60.0,
+            log_level=args.log_level,
+            vendor=vendor,
+            coalesce=coalesce,
+        )
+        daemon.wait_ready()
+        # The warm-up holds every loop's first poll: the token refresh and the first cursor.
+        time.sleep(args.calls_warmup_cycles * interval_s)
+        daemon.proc.check()
+        names = ("qbo_events_poll_duration_seconds_count",)
+        text0 = daemon.metrics()
+        kinds0, realms0 = sandbox_calls(sandbox)
+        t0 = time.monotonic()
+        while (left := t0 + args.calls_cycles * interval_s - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            daemon.proc.check()
+        kinds1, realms1 = sandbox_calls(sandbox)
+        text1 = daemon.metrics()
+    polls = metric_sums(text1, names)[names[0]] - metric_sums(text0, names)[names[0]]
+    # Cycles from the daemon's own poll count, so that a window edge inside a cycle is counted
+    # as the fraction of that cycle's polls it holds.
+    cycles = polls / (n * RESOURCES)
+    if not cycles:
+        raise RuntimeError(f"{vendor}: no polls in the window; see {daemon.proc.log_path}")
+    calls = metered(kinds1) - metered(kinds0)
+    per_realm = [
+        (metered(realms1.get(r, {})) - metered(realms0.get(r, {}))) / cycles for r in realms
+    ]
+    own0, own1 = daemon_calls_by_kind(text0), daemon_calls_by_kind(text1)
+    per_cycle = calls / cycles / n
+    return {
+        "vendor": vendor,
+        "coalesce": coalesce,
+        "n": n,
+        "interval_s": interval_s,
+        "cycles": cycles,
+        "polls": polls,
+        "calls": calls,
+        "calls_by_kind": {k: kinds1.get(k, 0) - kinds0.get(k, 0) for k in kinds1},
+        "daemon_calls_metered": sum(own1.get(k, 0.0) - own0.get(k, 0.0) for k in METERED),
+        "calls_per_cycle_company": per_cycle,
+        "calls_per_cycle_company_max": max(per_realm),
+        "calls_per_company_month_15min": per_cycle * MONTH_CYCLES_15MIN,
+    }
+
+
+def report_calls(args: argparse.Namespace) -> tuple[bool, list[dict[str, Any]]]:
+    """Run the four variants `--repeats` times, print the table; (target met, every run)."""
+    interval_s = args.calls_interval * 60.0
+    print(
+        f"API calls: {args.calls_n} instances x {RESOURCES} resources, interval "
+        f"{interval_s:g} s, warm-up {args.calls_warmup_cycles:g} cycles, "
+        f"{args.calls_cycles:g} cycles measured, per variant",
+        flush=True,
+    )
+    runs: list[dict[str, Any]] = []
+    for rep in range(args.repeats):
+        for vendor, coalesce in VARIANTS:
+            run = measure_calls(args, vendor, coalesce, interval_s)
+            run["repeat"] = rep
+            runs.append(run)
+            by_kind = ", ".join(f"{k} {v}" for k, v in run["calls_by_kind"].items() if v)
+            print(
+                f"  {vendor}, coalescing {'on' if coalesce else 'off'} (run {rep + 1}/"
+                f"{args.repeats}): {run['calls']} metered calls in {run['cycles']:.2f} cycles "
+                f"({by_kind}; daemon's own metered count {run['daemon_calls_metered']:.0f})",
+                flush=True,
+            )
+    per: dict[tuple[str, bool], float] = {}
+    rows = []
+    for vendor, coalesce in VARIANTS:
+        group = [r for r in runs if (r["vendor"], r["coalesce"]) == (vendor, coalesce)]
+        per[(vendor, coalesce)] = median([r["calls_per_cycle_company"] for r in group])
+        # VARIANTS puts each vendor's "before" first, so it is known when "after" comes.
+        ratio = f"{per[(vendor, True)] / per[(vendor, False)]:.3f}" if coalesce else ""
+        rows.append(
+            [
+                f"{vendor}, {'after (coalescing on)' if coalesce else 'before (coalescing off)'}",
+                f"{median([r['cycles'] for r in group]):.2f}",
+                f"{per[(vendor, coalesce)]:.2f}",
+                f"{median([r['calls_per_cycle_company_max'] for r in group]):.2f}",
+                f"{per[(vendor, coalesce)] * MONTH_CYCLES_15MIN:,.0f}",
+                ratio,
+            ]
+        )
+    print()
+    print(
+        f"Metered API calls (cdc, query, read, batch; token calls excluded) per company, "
+        f"medians over {args.repeats} run(s); a month = 30 days at 15 min = "
+        f"{MONTH_CYCLES_15MIN:,} cycles"
+    )
+    print(
+        table(
+            [
+                "variant", "cycles", "calls/cycle/company", "worst company",
+                "calls/company-month @15min", "after/before",
+            ],
+            rows,
+        )
+    )  # fmt: skip
+    ok = True
+    for vendor in ("polling", "hybrid"):
+        before, after = per[(vendor, False)], per[(vendor, True)]
+        met = after <= CALLS_TARGET and after <= before
+        ok = ok and met
+        print(
+            f"{vendor}: {before:.2f} -> {after:.2f} calls per cycle per company; target "
+            f"<= {CALLS_TARGET:g} and <= before: {'met' if met else 'MISSED'}"
+        )
+    return ok, runs
+
+
 # -- extrapolation and the report ------------------------------------------------------------
 
 
@@ -391,10 +564,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-level", default="info")
     parser.add_argument("--json", type=Path, help="write every run's figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
+    calls = parser.add_argument_group(
+        "API calls per company, polling and hybrid, coalescing off (before) and on (after)"
+    )
+    calls.add_argument("--calls", action="store_true", help="measure only the API calls")
+    calls.add_argument("--no-calls", action="store_true", help="skip the API calls at the end")
+    calls.add_argument("--calls-n", type=int, default=5, help="companies (default 5)")
+    calls.add_argument(
+        "--calls-interval", type=float, default=0.1, help="refresh_interval, minutes (0.1)"
+    )
+    calls.add_argument("--calls-warmup-cycles", type=float, default=1.5)
+    calls.add_argument("--calls-cycles", type=float, default=4.0, help="cycles measured (4)")
     args = parser.parse_args(argv)
     ns = args.n or [50, 200]
 
     print(f"machine: {machine()}")
+    if args.calls:
+        calls_ok, call_runs = report_calls(args)
+        if args.json:
+            args.json.write_bytes(orjson.dumps({"calls": call_runs}, option=orjson.OPT_INDENT_2))
+        return 0 if calls_ok else 1
     runs: list[dict[str, Any]] = []
     for n in ns:
         interval_s = choose_interval(n, args)
@@ -528,9 +717,14 @@ def main(argv: list[str] | None = None) -> int:
         f"target RSS: {'met' if rss_ok else 'MISSED'} ({rss_at_target:.0f} MB at "
         f"{TARGET_INSTANCES} instances, steady; see the high-water marks above for scrapes)"
     )
+    calls_ok, call_runs = True, []
+    if not args.no_calls:
+        print()
+        calls_ok, call_runs = report_calls(args)
     if args.json:
-        args.json.write_bytes(orjson.dumps({"runs": runs}, option=orjson.OPT_INDENT_2))
-    return 0 if cpu_ok and rss_ok else 1
+        out = {"runs": runs, "calls": call_runs}
+        args.json.write_bytes(orjson.dumps(out, option=orjson.OPT_INDENT_2))
+    return 0 if cpu_ok and rss_ok and calls_ok else 1
 
 
 if __name__ == "__main__":
