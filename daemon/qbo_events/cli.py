@@ -185,6 +185,12 @@ def _parser() -> argparse.ArgumentParser:
     with_config(disconnect)
     disconnect.add_argument("--instance", required=True, help="the instance to disconnect")
 
+    from qbo_events import quarantine_cli
+
+    quarantine_cli.add_arguments(
+        command("quarantine", "list, show or retry the webhook bodies not understood", _no_action),
+        with_config,
+    )
     sandbox.add_arguments(
         command("sandbox", "serve the simulated QuickBooks Online API", sandbox.run_command)
     )
