@@ -15,7 +15,9 @@ from harness import DaemonProcess, Receiver, instance_toml, legacy_body, wait_fo
 from qbo_events import quarantine
 from qbo_events.app import OUTBOX_FILE
 from qbo_events.config import Config, loads
+from qbo_events.connect.store import ConnectionStore
 from qbo_events.outbox import Outbox
+from qbo_events.quickbooks.oauth import Tokens
 
 Factory = Callable[..., DaemonProcess]
 AT = "2026-11-27T13:04:47.657Z"
@@ -112,6 +114,20 @@ async def test_retry_goes_through_the_quarantine_in_batches(tmp_path: Path) -> N
         done = await quarantine.retry(outbox, config())
         assert (done.tried, len(done.parsed), len(done.failing), done.new) == (250, 200, 50, 200)
         assert await quarantine.count(outbox) == 50
+
+
+@pytest.mark.anyio
+async def test_retry_routes_to_a_realm_learned_by_connecting(tmp_path: Path) -> None:
+    late = CONFIG + (
+        '[[instances]]\nname = "late"\nevent.vendor.type = "webhook"\n'
+        'event.notification.callback.url = "http://127.0.0.1:9/hook"\n'
+    )
+    body = legacy_body("222", ("Invoice", "5", "Create", AT))
+    async with Outbox(tmp_path / "outbox.db") as outbox:
+        await outbox.quarantine(body, "old")
+        await ConnectionStore(outbox).connect("late", "222", "Late Ltd", Tokens("r"), 1.0)
+        done = await quarantine.retry(outbox, loads(late, environ={}))
+        assert (done.new, done.unrouted, done.instances) == (1, 0, ["late"])
 
 
 # -- the CLI beside a running daemon -------------------------------------------------------------
