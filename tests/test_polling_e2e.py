@@ -375,11 +375,27 @@ def test_invalid_grant_on_one_instance_leaves_the_other_delivering(
     metrics = d.health("/metrics")[1]
     assert 'qbo_events_needs_reauthorization{instance="A"} 1.0' in metrics
     assert 'qbo_events_needs_reauthorization{instance="B"} 0.0' in metrics
-    # Nothing of realm A was delivered (its changes came after the cut); B's keep arriving.
-    assert {m["body"]["message"]["instanceId"] for m in receiver.deliveries} == {"B"}
+
+    # No change of realm A was delivered (they came after the cut), only the one event saying
+    # its grant is lost; B's changes keep arriving.
+    def changed_instances() -> set[str]:
+        messages = [m["body"]["message"] for m in receiver.deliveries]
+        return {m["instanceId"] for m in messages if m["source"] != "connection"}
+
+    def lost() -> list[tuple[str, str]]:
+        messages = [m["body"]["message"] for m in receiver.deliveries]
+        return [
+            (m["instanceId"], m["events"][0]["status"])
+            for m in messages
+            if m["source"] == "connection"
+        ]
+
+    assert changed_instances() == {"B"}
     more = sandbox.change("Invoice", "Update", 1, realm_id=REALM_B, id=b_changes[0]["object_id"])
     wait_for(lambda: expected(more, "invoices") <= delivered(receiver), 20, "a later B change")
-    assert {m["body"]["message"]["instanceId"] for m in receiver.deliveries} == {"B"}
+    assert changed_instances() == {"B"}
+    wait_for(lost, 20, "A's needs_reauthorization event")
+    assert lost() == [("A", "needs_reauthorization")]
     assert duplicates(receiver) == 0
     assert d.stop() == 0
 

@@ -22,8 +22,19 @@ from aiohttp import web
 
 from qbo_events import __version__, health, health_address, logs, poll_budget
 from qbo_events import config as config_module
+from qbo_events.admin.api import AdminApi
 from qbo_events.config import Config
+from qbo_events.connect import status as connect_status
+from qbo_events.connect.announce import announce, occasion_of
+from qbo_events.connect.flow import Connected
+from qbo_events.connect.pages import ConnectPages
+from qbo_events.connect.store import (
+    CONNECTED,
+    ConnectionRow,
+    ConnectionStore,
+)
 from qbo_events.errors import ConfigError, OutboxError, StartupError
+from qbo_events.events import ConnectionStatus
 from qbo_events.listeners import Listener, Site, raise_open_files_limit
 from qbo_events.metrics import Metrics
 from qbo_events.ops import health_app
@@ -32,6 +43,7 @@ from qbo_events.quickbooks.meter import CallMeter
 from qbo_events.routing import Routes
 from qbo_events.sinks.sender import Sender, targets_from
 from qbo_events.sources.pollers import Pollers
+from qbo_events.sources.resync import Resyncs
 from qbo_events.sources.webhooks import WebhookListener
 from qbo_events.state_dir import held
 from qbo_events.systemd import Notifier
@@ -40,6 +52,9 @@ log = structlog.get_logger("qbo_events.app")
 
 OUTBOX_FILE = "outbox.sqlite3"
 REPORT_INTERVAL = 60.0
+# Seconds between looks at the connection rows, which `connect --local` and `disconnect` change
+# from other processes.
+CONNECTIONS_CHECK = 2.0
 
 
 def outbox_path(config: Config) -> Path:
@@ -63,8 +78,14 @@ class Daemon:
         self._sender: Sender | None = None
         self._listener: WebhookListener | None = None
         self._pollers: Pollers | None = None
+        self._resyncs: Resyncs | None = None
         self._meter: CallMeter | None = None
         self._api_calls_seen: dict[str, int] = {}
+        self._store: ConnectionStore | None = None
+        # The connection rows as last applied, and the marker that tells when they changed.
+        self._connections: dict[str, ConnectionRow] = {}
+        self._connections_marker: tuple[float, int] = (0.0, 0)
+        self._refused: asyncio.Queue[str] = asyncio.Queue()  # instances told invalid_grant
 
     # -- the whole lifetime --------------------------------------------------------------------
 
@@ -94,6 +115,11 @@ class Daemon:
         state = held(Path(config.state_dir), outbox)
         async with state, _client_session() as http, aiohttp.ClientSession() as qbo_http:
             self._outbox = outbox
+            store = self._store = ConnectionStore(outbox)
+            self._connections = store.connections()
+            self._connections_marker = store.changed_marker()
+            # The config as the connections make it: learned realms in, disconnected ones out.
+            running = self._effective(config)
             meter = self._meter = CallMeter(
                 outbox, on_count=lambda kind: self.metrics.quickbooks_calls.labels(kind).inc()
             )
@@ -108,7 +134,7 @@ class Daemon:
             )
             listener = self._listener = WebhookListener(
                 outbox,
-                routes=Routes(config),
+                routes=Routes(running),
                 verifier_token=config.quickbooks.webhook_verifier_token,
                 metrics=self.metrics,
                 on_accepted=self._wake_senders,
@@ -123,6 +149,18 @@ class Daemon:
                 metrics=self.metrics,
                 on_accepted=lambda name: self._wake_senders({name}),
                 meter=meter,
+                on_refused=self._refused.put_nowait,
+            )
+            listener.pages = ConnectPages(
+                outbox=outbox,
+                store=store,
+                config=lambda: self.config,
+                on_connected=self._connected,
+            ).handle
+            resyncs = self._resyncs = Resyncs(
+                outbox=outbox,
+                reader=pollers.reader,
+                on_accepted=lambda name: self._wake_senders({name}),
             )
             sinks_stop = asyncio.Event()
             sources_stop = asyncio.Event()
@@ -144,7 +182,11 @@ class Daemon:
                     sinks.create_task(outbox.run_pruning(sinks_stop), name="history")
                     try:
                         async with asyncio.TaskGroup() as sources:
-                            sources.create_task(pollers.run(config, sources_stop), name="pollers")
+                            sources.create_task(pollers.run(running, sources_stop), name="pollers")
+                            sources.create_task(
+                                self._watch_connections(sources_stop), name="connections"
+                            )
+                            sources.create_task(resyncs.run(sources_stop), name="resyncs")
                             # READY=1 promises what /readyz checks, the senders included.
                             await sender.started.wait()
                             self.notifier.ready()
@@ -158,6 +200,7 @@ class Daemon:
                             listener.accepting = False
                             outbox.stop_intake()
                             sources_stop.set()
+                            self._refused.put_nowait("")  # wakes the connections' watch
                             await self._webhook_site.close()
                     finally:
                         sinks_stop.set()
@@ -224,7 +267,12 @@ class Daemon:
         old = self.config
         assert self._sender is not None and self._listener is not None
         assert self._outbox is not None
-        routes, targets = Routes(new), targets_from(new)
+        if self._store is not None:
+            # A reload is also when a connection stored by another process is taken up.
+            self._connections = self._store.connections()
+            self._connections_marker = self._store.changed_marker()
+        running = self._effective(new)
+        routes, targets = Routes(running), targets_from(new)
         moved: list[tuple[Site, Callable[[], Listener], str]] = []
         try:
             if new.http.webhook_listen != old.http.webhook_listen:
@@ -262,8 +310,107 @@ class Daemon:
         self._outbox.history_days = new.outbox.history_days
         self._sender.configure(new.delivery, targets)
         if self._pollers is not None:
-            self._pollers.apply(new)
+            self._pollers.apply(running)
         self.config = new
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _effective(self, config: Config) -> Config:
+        return connect_status.effective(config, self._connections)
+
+    def _reapply(self) -> None:
+        """Hand the running components the realms the connection rows now give."""
+        assert self._listener is not None
+        running = self._effective(self.config)
+        self._listener.routes = Routes(running)
+        if self._pollers is not None:
+            self._pollers.apply(running)
+
+    async def _connected(self, done: Connected) -> None:
+        """A company connected through the listener: poll it now, with its new tokens."""
+        assert self._store is not None
+        self._connections = self._store.connections()
+        self._connections_marker = self._store.changed_marker()
+        if self._pollers is not None:
+            self._pollers.renew_tokens(done.instance)
+        self._reapply()
+        self._wake_senders({done.instance})
+
+    async def _watch_connections(self, stop: asyncio.Event) -> None:
+        """Announce lost grants, once each; take up connections that other processes changed."""
+        losses: set[str] = set()  # refused instances not yet announced
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CONNECTIONS_CHECK):
+                    losses.add(await self._refused.get())
+            while not self._refused.empty():
+                losses.add(self._refused.get_nowait())
+            losses.discard("")  # the stop's wake-up
+            if stop.is_set():
+                return
+            try:
+                for name in sorted(losses):
+                    await self._lost(name)
+                    losses.discard(name)
+                self._take_up_changes()
+            except OutboxError as exc:
+                # What is left of `losses` is tried again at the next look.
+                self._outbox_log_refusal("connection state not stored", exc)
+
+    def _outbox_log_refusal(self, message: str, exc: OutboxError) -> None:
+        if self._outbox is not None:
+            self._outbox.log_refusal(log, message, level="error", reason=str(exc))
+
+    async def _lost(self, name: str) -> None:
+        """QuickBooks refused the instance's grant: tell its receiver, once per connection."""
+        assert self._store is not None and self._outbox is not None
+        inst = self.config.instance(name)
+        row = self._store.connections().get(name)
+        if inst is None or (row is not None and row.status != CONNECTED):
+            return  # announced already, or disconnected on purpose
+        realm = connect_status.serving_realm(inst, row)
+        # The event first: a crash before the row changes announces it again, with the same id.
+        event = await announce(
+            self._outbox,
+            self._store,
+            self.config,
+            inst,
+            ConnectionStatus.NEEDS_REAUTHORIZATION,
+            realm_id=realm,
+            occasion=occasion_of(row.connected_at if row else 0.0),
+            company_name=row.company_name if row else None,
+        )
+        await self._store.lost(name, realm, time.time())
+        if event is not None:
+            self._wake_senders({name})
+
+    def _take_up_changes(self) -> None:
+        """Re-apply when the connection rows changed: a new connect gets fresh TokenManagers."""
+        assert self._store is not None
+        marker = self._store.changed_marker()
+        if marker == self._connections_marker:
+            return
+        rows = self._store.connections()
+        renewed = {
+            name
+            for name, row in rows.items()
+            if row.status == CONNECTED
+            and (old := self._connections.get(name)) != row
+            and (old is None or old.connected_at != row.connected_at)
+        }
+        before = self._effective(self.config)
+        self._connections, self._connections_marker = rows, marker
+        if not renewed and self._effective(self.config) == before:
+            # A lost grant recorded, say: the running loops and token managers stay as they
+            # are (a fresh manager would only ask QuickBooks again to be refused again).
+            return
+        if self._pollers is not None:
+            for name in renewed:
+                self._pollers.renew_tokens(name)
+        self._reapply()
+        if renewed:
+            log.info("connections taken up", instances=sorted(renewed))
+            self._wake_senders(renewed)
 
     # -- wiring --------------------------------------------------------------------------------
 
@@ -283,7 +430,18 @@ class Daemon:
             degraded=self.degraded,
             status=self.status,
             refresh_metrics=self._refresh_metrics,
+            admin=AdminApi(self),
         )
+
+    @property
+    def open_outbox(self) -> Outbox | None:
+        """The outbox while the daemon runs, for the admin API."""
+        return self._outbox
+
+    def wake(self, instance: str) -> None:
+        """Rows of `instance` were made due (a replay, a retry): its senders look now."""
+        if self._sender is not None:
+            self._sender.wake(instance)
 
     def _wedged(self) -> list[str]:
         """What is stuck, for the watchdog: progress, not readiness (a restart cures a wedged
@@ -362,8 +520,13 @@ class Daemon:
             f"{len(self.config.instances)} instances, {pending} undelivered, {delivered} delivered"
         )
 
+    def _resync_stats(self, instance: str) -> dict[str, Any]:
+        job = self._resyncs.instance_stats(instance) if self._resyncs else None
+        return {} if job is None else {"resync": job}
+
     async def status(self) -> dict[str, Any]:
         config = self.config
+        refused = self._pollers.reauthorization_flags() if self._pollers else {}
         counts, unread = None, {}
         if self._outbox is not None:
             try:
@@ -385,12 +548,19 @@ class Daemon:
             },
             "instances": {
                 inst.name: {
-                    "realm_id": inst.realm_id,
+                    "realm_id": connect_status.serving_realm(
+                        inst, self._connections.get(inst.name)
+                    ),
+                    "connection": connect_status.describe(
+                        inst, self._connections.get(inst.name), refused.get(inst.name, False)
+                    ),
                     "vendor_type": inst.event.vendor.type,
                     "callback_host": urlsplit(inst.callback_url).hostname,
+                    "endpoint": self._sender.health.describe(inst.name) if self._sender else None,
                     "resources": {},
                     **(self._pollers.instance_stats(inst.name) if self._pollers else {}),
                     **({"api_calls": self._meter.instance_stats(inst.name)} if self._meter else {}),
+                    **self._resync_stats(inst.name),
                 }
                 for inst in config.instances
             },

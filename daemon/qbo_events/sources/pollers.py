@@ -47,8 +47,10 @@ class Pollers:
         metrics: Metrics,
         on_accepted: Callable[[str], None],
         meter: CallMeter | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self._outbox = outbox
+        self._on_refused = on_refused  # an instance's grant died (invalid_grant)
         self._meter = meter
         self._count_call = meter.count if meter is not None else None
         # Plans the monthly budget; its factors reach the loops through `_restretch`.
@@ -131,7 +133,8 @@ class Pollers:
         wanted: dict[tuple[str, str], Instance] = {}
         for inst in config.instances:
             # An instance with notifications off takes no events: nothing it found could leave.
-            if inst.polls and inst.event.notification.enabled:
+            # One without a realm waits for its company to be connected.
+            if inst.polls and inst.event.notification.enabled and inst.realm_id:
                 for name in inst.event.poller.resources:
                     wanted[(inst.name, name)] = inst
         for key in [k for k in self._loops if k not in wanted]:
@@ -230,8 +233,28 @@ class Pollers:
             store=self._outbox,
             initial_refresh_token=inst.refresh_token,
             count_call=self._count_call,
+            on_refused=self._on_refused,
         )
         self._token_key[inst.name] = key
+
+    def renew_tokens(self, instance: str) -> None:
+        """A new connect stored new tokens: the next `apply` gives the instance a fresh
+        TokenManager (which reads them) and restarts its loops with it."""
+        self._tokens.pop(instance, None)
+        self._token_key.pop(instance, None)
+
+    def reader(self, instance: str) -> tuple[Instance, QuickBooksClient, TokenManager] | None:
+        """The instance as running (its realm may come from a connect), the client and its
+        token manager, for reads beside the polls (a resync): the same manager as its loops',
+        so that a rotated refresh token has one owner. None while it has no company."""
+        config = self._config
+        inst = config.instance(instance) if config is not None else None
+        if self._client is None or config is None or inst is None or not inst.realm_id:
+            return None
+        if instance not in self._tokens:
+            # A webhook-only instance has no loops; its manager lasts until the next apply.
+            self._tokens_for(config, inst)
+        return inst, self._client, self._tokens[instance]
 
     def _log_paused(self, instance: str) -> None:
         """Once per instance (until a reload brings a new token), not once per resource."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -49,6 +49,8 @@ class WebhookListener:
         self.max_connections = max_connections
         self.read_timeout = read_timeout
         self._server: BoundedServer | None = None
+        # The connect flow's GET pages (connect/pages.py), served beside the webhook path.
+        self.pages: Callable[[web.BaseRequest], Awaitable[web.Response | None]] | None = None
         self.counts: Counter[str] = Counter()
         self._by_status: dict[int, Any] = {}
         self._accepted = metrics.events_accepted.labels(Source.WEBHOOK.value)
@@ -68,6 +70,10 @@ class WebhookListener:
         return {**self.counts, **(self._server.stats() if self._server else {})}
 
     async def handle(self, request: web.BaseRequest) -> web.Response:
+        if self.pages is not None and request.path != self.path:
+            page = await self.pages(request)
+            if page is not None:
+                return page  # a person's browser, not a webhook: not counted as one
         response = await self._handle(request)
         self.counts[f"http_{response.status}"] += 1
         counter = self._by_status.get(response.status)
