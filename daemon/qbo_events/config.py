@@ -39,6 +39,9 @@ class HttpConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     read_timeout: Positive = 10.0
     # How browsers reach the webhook listener (https://events.example.com); empty = unknown.
     public_base_url: str = ""
+    # The bearer token the admin API's actions require; without one they answer 403.
+    admin_token: str = ""
+    admin_token_file: str = ""
 
 
 class QuickBooksConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -188,7 +191,11 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
 
     def secrets(self) -> list[str]:
         """Every secret value in this config, for the log redaction step."""
-        values = [self.quickbooks.client_secret, self.quickbooks.webhook_verifier_token]
+        values = [
+            self.quickbooks.client_secret,
+            self.quickbooks.webhook_verifier_token,
+            self.http.admin_token,
+        ]
         for instance in self.instances:
             values += [
                 instance.refresh_token,
@@ -462,6 +469,15 @@ def _resolve_secrets(
             replaced[name] = _read_secret(
                 file, f"quickbooks.{name}_file", environ, base_dir, problems
             )
+    http = config.http
+    admin: dict[str, str] = {}
+    if http.admin_token_file and http.admin_token:
+        problems.append("http.admin_token_file: give either admin_token or admin_token_file")
+    elif http.admin_token_file:
+        token = _read_secret(
+            http.admin_token_file, "http.admin_token_file", environ, base_dir, problems
+        )
+        admin = {"admin_token": token}
     instances = []
     for index, inst in enumerate(config.instances):
         sig = inst.event.notification.signature
@@ -487,6 +503,7 @@ def _resolve_secrets(
     return msgspec.structs.replace(
         config,
         quickbooks=msgspec.structs.replace(qb, **replaced),
+        http=msgspec.structs.replace(http, **admin),
         instances=instances,
     )
 

@@ -1,4 +1,4 @@
-"""The private health listener: /healthz, /readyz, /status and /metrics."""
+"""The private health listener: /healthz, /readyz, /status, /metrics and the admin API."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from qbo_events.admin.api import AdminApi
+from qbo_events.admin.schema import DOCUMENT
 from qbo_events.logs import redact
 from qbo_events.metrics import Metrics
 
@@ -20,6 +22,7 @@ def health_app(
     degraded: Callable[[], list[str]],
     status: Callable[[], Awaitable[dict[str, Any]]],
     refresh_metrics: Callable[[], Awaitable[None]],
+    admin: AdminApi | None = None,
 ) -> web.Application:
     """`readiness` returns the reasons the daemon is not ready (none = ready); `degraded`, what
     does not work while it is ready (an instance that needs re-authorization beside others)."""
@@ -49,6 +52,13 @@ def health_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status_view)
     app.router.add_get("/metrics", metrics_view)
+    if admin is not None:
+        document = DOCUMENT.read_bytes()
+
+        async def openapi(_: web.Request) -> web.Response:
+            return web.Response(body=document, content_type="application/json")
+
+        admin.add_routes(app, openapi)
     return app
 
 

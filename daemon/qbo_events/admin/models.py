@@ -1,0 +1,59 @@
+"""The admin API's request and response bodies; the OpenAPI document is generated from them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from msgspec import Meta
+
+from qbo_events.deliveries import Detail, Item
+
+EventId = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class Error(msgspec.Struct, frozen=True):
+    error: str
+
+
+class InstancesView(msgspec.Struct, frozen=True):
+    """Per instance name: its state, connection, polling (lag and last error per resource),
+    API calls and delivery counts, as /status shows them."""
+
+    instances: dict[str, Any]
+
+
+class DeliveryList(msgspec.Struct, frozen=True):
+    deliveries: list[Item]
+
+
+class DeliveryCopies(msgspec.Struct, frozen=True):
+    copies: list[Detail]
+
+
+class ReplayRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Delivered events of one instance to send again: by time (since, until: RFC 3339 or a span
+    back from now like 1h) or by event id, optionally one object (TYPE/ID)."""
+
+    instance: Annotated[str, Meta(min_length=1)]
+    since: str | None = None
+    until: str | None = None
+    event_ids: Annotated[list[EventId], Meta(max_length=1000)] = []
+    object: str | None = None
+    dry_run: bool = False
+
+
+class ReplayResult(msgspec.Struct, frozen=True):
+    queued: int
+    dry_run: bool
+
+
+class RetryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Dead letters to queue again: all, one instance's, or one event's."""
+
+    instance: str | None = None
+    event_id: str | None = None
+
+
+class RetryResult(msgspec.Struct, frozen=True):
+    requeued: int
