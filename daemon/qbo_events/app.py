@@ -43,6 +43,7 @@ from qbo_events.quickbooks.meter import CallMeter
 from qbo_events.routing import Routes
 from qbo_events.sinks.sender import Sender, targets_from
 from qbo_events.sources.pollers import Pollers
+from qbo_events.sources.resync import Resyncs
 from qbo_events.sources.webhooks import WebhookListener
 from qbo_events.state_dir import held
 from qbo_events.systemd import Notifier
@@ -77,6 +78,7 @@ class Daemon:
         self._sender: Sender | None = None
         self._listener: WebhookListener | None = None
         self._pollers: Pollers | None = None
+        self._resyncs: Resyncs | None = None
         self._meter: CallMeter | None = None
         self._api_calls_seen: dict[str, int] = {}
         self._store: ConnectionStore | None = None
@@ -155,6 +157,11 @@ class Daemon:
                 config=lambda: self.config,
                 on_connected=self._connected,
             ).handle
+            resyncs = self._resyncs = Resyncs(
+                outbox=outbox,
+                reader=pollers.reader,
+                on_accepted=lambda name: self._wake_senders({name}),
+            )
             sinks_stop = asyncio.Event()
             sources_stop = asyncio.Event()
             await self._health_site.bind(self._health_app, config.http.health_listen)
@@ -179,6 +186,7 @@ class Daemon:
                             sources.create_task(
                                 self._watch_connections(sources_stop), name="connections"
                             )
+                            sources.create_task(resyncs.run(sources_stop), name="resyncs")
                             # READY=1 promises what /readyz checks, the senders included.
                             await sender.started.wait()
                             self.notifier.ready()
@@ -512,6 +520,10 @@ class Daemon:
             f"{len(self.config.instances)} instances, {pending} undelivered, {delivered} delivered"
         )
 
+    def _resync_stats(self, instance: str) -> dict[str, Any]:
+        job = self._resyncs.instance_stats(instance) if self._resyncs else None
+        return {} if job is None else {"resync": job}
+
     async def status(self) -> dict[str, Any]:
         config = self.config
         refused = self._pollers.reauthorization_flags() if self._pollers else {}
@@ -544,9 +556,11 @@ class Daemon:
                     ),
                     "vendor_type": inst.event.vendor.type,
                     "callback_host": urlsplit(inst.callback_url).hostname,
+                    "endpoint": self._sender.health.describe(inst.name) if self._sender else None,
                     "resources": {},
                     **(self._pollers.instance_stats(inst.name) if self._pollers else {}),
                     **({"api_calls": self._meter.instance_stats(inst.name)} if self._meter else {}),
+                    **self._resync_stats(inst.name),
                 }
                 for inst in config.instances
             },

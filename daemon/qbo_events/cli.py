@@ -191,6 +191,12 @@ def _parser() -> argparse.ArgumentParser:
         command("quarantine", "list, show or retry the webhook bodies not understood", _no_action),
         with_config,
     )
+    from qbo_events import resync_cli
+
+    resync_cli.add_arguments(
+        command("resync", "read a company again and deliver every object found", _no_action),
+        with_config,
+    )
     sandbox.add_arguments(
         command("sandbox", "serve the simulated QuickBooks Online API", sandbox.run_command)
     )

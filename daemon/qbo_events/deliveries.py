@@ -130,6 +130,8 @@ def _describe(blob: bytes) -> tuple[str, str, str]:
         return "?", "?", "the stored event cannot be decoded"
     if event.change is not None:
         return event.object_type, event.change.object_id, event.change.event_type.value
+    if event.resync is not None:
+        return event.object_type, event.resync.resync_id, f"RESYNC {event.resync.status.value}"
     status = event.connection.status.value if event.connection else "?"
     return event.object_type, event.instance, f"CONNECTION {status}"
 

@@ -1,5 +1,5 @@
-"""The immutable values that cross stages: a Change a source saw, a Connection's new status,
-and the Event per instance that carries either."""
+"""The immutable values that cross stages: a Change a source saw, a Connection's new status, a
+Resync's end, and the Event per instance that carries one of them."""
 
 from __future__ import annotations
 
@@ -60,19 +60,41 @@ class Connection(msgspec.Struct, frozen=True, kw_only=True):
     occasion: str = ""
 
 
+class ResyncStatus(enum.StrEnum):
+    COMPLETED = "completed"  # every resource read, every event found delivered (or dead)
+    CANCELLED = "cancelled"  # `resync --cancel`: what was found so far was delivered
+
+
+class Resync(msgspec.Struct, frozen=True, kw_only=True):
+    """The end of a resync job, as its instance's receiver is told it."""
+
+    status: ResyncStatus
+    resync_id: str
+    realm_id: str
+    resources: tuple[str, ...]
+    objects: int  # the events the job delivered
+    started: str  # RFC 3339 UTC, whole seconds
+    finished: str
+    since: str | None = None  # None: `--full`
+
+
 class Event(msgspec.Struct, frozen=True, kw_only=True):
-    """A Change (or a Connection's status) addressed to one instance: the unit the outbox stores
-    and the senders deliver. Exactly one of `change` and `connection` is set."""
+    """A Change (or a Connection's status, or a Resync's end) addressed to one instance: the
+    unit the outbox stores and the senders deliver. Exactly one of `change`, `connection` and
+    `resync` is set."""
 
     event_id: str
     instance: str
     object_type: str
     change: Change | None = None
     connection: Connection | None = None
+    resync: Resync | None = None
 
     @property
     def object_key(self) -> str:
         """Events sharing this key are delivered in the order they were accepted."""
+        if self.resync is not None:
+            return f"{self.instance}\x1eresync"
         if self.change is None:
             # \x1e never occurs in an instance name, so no object's key is ever this one.
             return f"{self.instance}\x1econnection"
@@ -115,4 +137,19 @@ def make_event(instance: str, object_type: str, change: Change) -> Event:
         instance=instance,
         object_type=object_type,
         change=change,
+    )
+
+
+RESYNC_OBJECT_TYPE = "resync"
+
+
+def resync_event(instance: str, resync: Resync) -> Event:
+    """The event that ends resync job `resync.resync_id`: one per job and outcome."""
+    parts = ("RESYNC", instance, resync.resync_id, resync.status)
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return Event(
+        event_id="evt_" + digest[:32],
+        instance=instance,
+        object_type=RESYNC_OBJECT_TYPE,
+        resync=resync,
     )

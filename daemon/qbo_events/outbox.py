@@ -26,6 +26,7 @@ from qbo_events.history import SCHEMA as HISTORY_SCHEMA
 from qbo_events.history import Attempt, insert_attempts, keep_delivered
 from qbo_events.history import prune as prune_history_batch
 from qbo_events.quickbooks.oauth import Tokens
+from qbo_events.resync_store import SCHEMA as RESYNC_SCHEMA
 
 log = structlog.get_logger("qbo_events.outbox")
 T = TypeVar("T")
@@ -154,7 +155,10 @@ class Outbox:
         self._prune_now = asyncio.Event()
         self._clock = clock
         self._db = GroupCommit(
-            path, durability, on_open=_SCHEMA + CONNECTIONS_SCHEMA + HISTORY_SCHEMA, create=create
+            path,
+            durability,
+            on_open=_SCHEMA + CONNECTIONS_SCHEMA + HISTORY_SCHEMA + RESYNC_SCHEMA,
+            create=create,
         )
         self._count_on_open = create
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -281,9 +285,19 @@ class Outbox:
 
     # -- intake --------------------------------------------------------------------------------
 
-    async def accept(self, events: Sequence[Event], *, cursor: Cursor | None = None) -> int:
+    async def accept(
+        self,
+        events: Sequence[Event],
+        *,
+        cursor: Cursor | None = None,
+        dedupe: bool = True,
+        also: Operation | None = None,
+    ) -> int:
         """Store events (skipping ones seen within the dedupe window) and optionally a cursor,
-        in one transaction. Returns how many were new. Raises OutboxFull or OutboxClosed."""
+        in one transaction. Returns how many were new. Raises OutboxFull or OutboxClosed.
+
+        `dedupe=False` stores every event even if seen before (a resync delivers again what the
+        operator asked for); `also` runs in the same transaction (a resync job's progress)."""
         if not self._accepting:
             raise OutboxClosed("the daemon is shutting down")
         self._refuse_while_unwritable()
@@ -296,10 +310,11 @@ class Outbox:
             new = 0
             for event_id, instance, key, body in rows:
                 seen = conn.execute(
-                    "INSERT OR IGNORE INTO dedupe (event_id, seen_at) VALUES (?, ?)",
+                    f"INSERT OR {'IGNORE' if dedupe else 'REPLACE'} INTO dedupe"
+                    " (event_id, seen_at) VALUES (?, ?)",
                     (event_id, now),
                 )
-                if seen.rowcount:
+                if seen.rowcount or not dedupe:
                     conn.execute(
                         "INSERT INTO outbox (event_id, instance, object_key, body, next_at,"
                         " accepted_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -312,6 +327,8 @@ class Outbox:
                     " VALUES (?, ?, ?, ?)",
                     (cursor.instance, cursor.resource, cursor.value, now),
                 )
+            if also is not None:
+                also(conn)
             return new
 
         def counted(new: int) -> None:
@@ -596,6 +613,8 @@ class Outbox:
                     change, connection = event.change, event.connection
                     if change is not None:
                         what = (event.object_type, change.object_id, change.event_type.value)
+                    elif event.resync is not None:
+                        what = (event.object_type, event.resync.resync_id, "RESYNC")
                     else:
                         status = connection.status.value if connection else "?"
                         what = (event.object_type, inst, status)

@@ -1,5 +1,5 @@
 """Pure: the body of one delivery, in the Open Connectors shape or as a structured CloudEvent;
-a change's, or a connection status's (eventType CONNECTION)."""
+a change's, a connection status's (eventType CONNECTION) or a resync's end (eventType RESYNC)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import orjson
 
-from ..events import Connection, Event
+from ..events import Connection, Event, Resync
 
 ELEMENT_KEY: Final = "quickbooks"
 FORMATS: Final = ("open-connectors", "cloudevents")
@@ -16,11 +16,15 @@ FORMATS: Final = ("open-connectors", "cloudevents")
 
 CONNECTION_EVENT_TYPE: Final = "CONNECTION"
 CONNECTION_SOURCE: Final = "connection"
+RESYNC_EVENT_TYPE: Final = "RESYNC"
+RESYNC_SOURCE: Final = "resync"
 
 
 def message(event: Event, *, instance_name: str, tags: Sequence[str]) -> dict[str, Any]:
     """The Open Connectors `message` object of one event."""
     change = event.change
+    if event.resync is not None:
+        return _resync_message(event, event.resync, instance_name, tags)
     if change is None:
         assert event.connection is not None
         return _connection_message(event, event.connection, instance_name, tags)
@@ -82,6 +86,39 @@ def _connection_message(
     }
 
 
+def _resync_message(
+    event: Event, resync: Resync, instance_name: str, tags: Sequence[str]
+) -> dict[str, Any]:
+    """A resync's end in the envelope of a change, as a connection status is."""
+    item: dict[str, Any] = {
+        "eventType": RESYNC_EVENT_TYPE,
+        "status": resync.status.value,
+        "objectType": event.object_type,
+        "objectId": resync.resync_id,
+        "elementKey": ELEMENT_KEY,
+        "date": resync.finished,
+        "realmId": resync.realm_id,
+        "resyncId": resync.resync_id,
+        "resources": list(resync.resources),
+        "objects": resync.objects,
+        "since": resync.since,
+        "started": resync.started,
+        "finished": resync.finished,
+    }
+    return {
+        "eventId": event.event_id,
+        "instanceId": instance_name,
+        "instanceName": instance_name,
+        "instanceTags": list(tags),
+        "elementKey": ELEMENT_KEY,
+        "companyId": resync.realm_id,
+        "realmId": resync.realm_id,
+        "source": RESYNC_SOURCE,
+        "events": [item],
+        "raw": {},
+    }
+
+
 def render(event: Event, *, instance_name: str, tags: Sequence[str], fmt: str) -> tuple[bytes, str]:
     """(body, Content-Type) of the delivery of `event` in `delivery.format` `fmt`."""
     body = message(event, instance_name=instance_name, tags=tags)
@@ -91,6 +128,8 @@ def render(event: Event, *, instance_name: str, tags: Sequence[str], fmt: str) -
         item = body["events"][0]
         if event.connection is not None:
             kind, subject = event.connection.status.value, instance_name
+        elif event.resync is not None:
+            kind, subject = event.resync.status.value, event.resync.resync_id
         else:
             kind, subject = item["eventType"].lower(), item["objectId"]
         cloudevent = {

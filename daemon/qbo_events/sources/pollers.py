@@ -243,6 +243,19 @@ class Pollers:
         self._tokens.pop(instance, None)
         self._token_key.pop(instance, None)
 
+    def reader(self, instance: str) -> tuple[Instance, QuickBooksClient, TokenManager] | None:
+        """The instance as running (its realm may come from a connect), the client and its
+        token manager, for reads beside the polls (a resync): the same manager as its loops',
+        so that a rotated refresh token has one owner. None while it has no company."""
+        config = self._config
+        inst = config.instance(instance) if config is not None else None
+        if self._client is None or config is None or inst is None or not inst.realm_id:
+            return None
+        if instance not in self._tokens:
+            # A webhook-only instance has no loops; its manager lasts until the next apply.
+            self._tokens_for(config, inst)
+        return inst, self._client, self._tokens[instance]
+
     def _log_paused(self, instance: str) -> None:
         """Once per instance (until a reload brings a new token), not once per resource."""
         if instance not in self._paused:
