@@ -556,6 +556,7 @@ class Daemon:
                     ),
                     "vendor_type": inst.event.vendor.type,
                     "callback_host": urlsplit(inst.callback_url).hostname,
+                    "endpoint": self._sender.health.describe(inst.name) if self._sender else None,
                     "resources": {},
                     **(self._pollers.instance_stats(inst.name) if self._pollers else {}),
                     **({"api_calls": self._meter.instance_stats(inst.name)} if self._meter else {}),

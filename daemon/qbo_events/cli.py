@@ -128,6 +128,16 @@ def _parser() -> argparse.ArgumentParser:
     with_config(again)
     again.add_argument("--instance", help="only this instance's dead-lettered deliveries")
     again.add_argument("--event", help="one event id")
+    resuming = actions.add_parser(
+        "resume",
+        help="resume a paused (or failing) callback endpoint now",
+        description="Resume an instance's paused or failing callback endpoint: its undelivered"
+        " events fall due at once, and a running daemon takes it up within a few seconds."
+        " Exits 1 when the endpoint is healthy already.",
+    )
+    resuming.set_defaults(handler=_deliveries_resume)
+    with_config(resuming)
+    resuming.add_argument("--instance", required=True, help="the instance whose endpoint to resume")
 
     from qbo_events import demo, sandbox
 
@@ -389,6 +399,20 @@ def _deliveries_retry(args: argparse.Namespace) -> int:
         print(f"qbo-events: {what}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"re-queued {count} dead-lettered deliveries")
+    return EXIT_OK
+
+
+def _deliveries_resume(args: argparse.Namespace) -> int:
+    from qbo_events.sinks.endpoint_health import resume
+
+    config, _ = _load(args)
+    if config.instance(args.instance) is None:
+        print(f"qbo-events: no instance named {args.instance!r} in the config", file=sys.stderr)
+        return EXIT_USAGE
+    if not _with_outbox(config, lambda outbox: resume(outbox, args.instance)):
+        print(f"qbo-events: {args.instance}'s endpoint is not paused or failing", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"resumed {args.instance}'s endpoint; its undelivered events are due now")
     return EXIT_OK
 
 

@@ -71,6 +71,14 @@ class DeliveryConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     max_in_flight_per_endpoint: PositiveInt = 16
     format: Literal["open-connectors", "cloudevents"] = "open-connectors"
     shutdown_timeout: NonNegative = 10.0
+    # Seconds of continuous failure that pause an endpoint (only probes then); 0 never pauses.
+    pause_after: NonNegative = 86400.0
+    # Seconds between the probes of a paused endpoint.
+    probe_interval: Positive = 300.0
+    # Where endpoint health notices go (failing, paused, recovered); empty sends none.
+    alert_url: str = ""
+    alert_key: str = ""
+    alert_key_file: str = ""
 
 
 class OutboxConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -202,6 +210,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
                 instance.signature_key,
                 instance.previous_signature_key,
             ]
+        values.append(self.delivery.alert_key)
         return [v for v in values if v]
 
     def instance(self, name: str) -> Instance | None:
@@ -478,6 +487,14 @@ def _resolve_secrets(
             http.admin_token_file, "http.admin_token_file", environ, base_dir, problems
         )
         admin = {"admin_token": token}
+    delivery = config.delivery
+    if delivery.alert_key_file and delivery.alert_key:
+        problems.append("delivery.alert_key_file: give either alert_key or alert_key_file")
+    elif delivery.alert_key_file:
+        secret = _read_secret(
+            delivery.alert_key_file, "delivery.alert_key_file", environ, base_dir, problems
+        )
+        delivery = msgspec.structs.replace(delivery, alert_key=secret, alert_key_file="")
     instances = []
     for index, inst in enumerate(config.instances):
         sig = inst.event.notification.signature
@@ -504,6 +521,7 @@ def _resolve_secrets(
         config,
         quickbooks=msgspec.structs.replace(qb, **replaced),
         http=msgspec.structs.replace(http, **admin),
+        delivery=delivery,
         instances=instances,
     )
 
@@ -554,6 +572,8 @@ def validate(config: Config) -> list[str]:
     for key, value in (
         ("delivery.timeout", config.delivery.timeout),
         ("delivery.shutdown_timeout", config.delivery.shutdown_timeout),
+        ("delivery.pause_after", config.delivery.pause_after),
+        ("delivery.probe_interval", config.delivery.probe_interval),
         ("outbox.dedupe_window_days", config.outbox.dedupe_window_days),
         *(
             (f"delivery.retry_schedule[{i}]", v)
@@ -565,6 +585,7 @@ def validate(config: Config) -> list[str]:
     if not config.http.webhook_path.startswith("/"):
         problems.append("http.webhook_path: must start with /")
     problems += _validate_connect(config)
+    problems += _validate_alerts(config)
     if not config.delivery.retry_schedule:
         problems.append("delivery.retry_schedule: must not be empty")
     qb = config.quickbooks
@@ -600,6 +621,48 @@ def _validate_instances(instances: dict[int, Instance]) -> list[str]:
             problems.append(f"{where}.realm_id: must not be blank (leave it out to learn it)")
         problems += _validate_event(inst.event, f"{where}.event")
     return problems
+
+
+def _validate_alerts(config: Config) -> list[str]:
+    delivery = config.delivery
+    problems: list[str] = []
+    if delivery.alert_key:
+        try:
+            key_bytes(delivery.alert_key)
+        except ValueError as exc:
+            problems.append(f"delivery.alert_key: {exc}")
+    url = delivery.alert_url
+    if not url:
+        return problems
+    if not _http_url(url, need_host=True):
+        return [*problems, f"delivery.alert_url: must be an http(s) URL (got {url!r})"]
+    # A notice about a failing endpoint must not depend on that endpoint.
+    for index, inst in enumerate(config.instances):
+        if inst.callback_url and _same_url(inst.callback_url, url):
+            problems.append(
+                f"delivery.alert_url: must differ from instances[{index}]'s callback URL"
+            )
+    return problems
+
+
+def _same_url(a: str, b: str) -> bool:
+    """Whether two URLs name one resource, up to the case of scheme and host, a default port
+    and a trailing slash."""
+    try:
+        x, y = urlsplit(a), urlsplit(b)
+        ports = (
+            x.port or {"http": 80, "https": 443}.get(x.scheme.lower()),
+            y.port or {"http": 80, "https": 443}.get(y.scheme.lower()),
+        )
+    except ValueError:
+        return a == b
+    return (
+        x.scheme.lower() == y.scheme.lower()
+        and (x.hostname or "") == (y.hostname or "")
+        and ports[0] == ports[1]
+        and x.path.rstrip("/") == y.path.rstrip("/")
+        and x.query == y.query
+    )
 
 
 def _validate_connect(config: Config) -> list[str]:

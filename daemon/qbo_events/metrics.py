@@ -32,6 +32,26 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
+        # Per callback host: bounded by the configured callbacks (host[:port], no path).
+        self.delivery_attempt_seconds = Histogram(
+            "qbo_events_delivery_attempt_seconds",
+            "Duration of one delivery attempt, request to answer or failure, by callback host",
+            ["endpoint"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.delivery_attempts = Counter(
+            "qbo_events_delivery_attempts",
+            "Delivery attempts by callback host and outcome (2xx, 3xx, 4xx, 5xx, timeout, error)",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.endpoint_state = Gauge(
+            "qbo_events_endpoint_state",
+            "The instance's callback endpoint: 0 healthy, 1 failing, 2 paused (probes only)",
+            ["instance"],
+            registry=r,
+        )
         self.outbox_depth = Gauge(
             "qbo_events_outbox_depth", "Undelivered events in the outbox", registry=r
         )

@@ -90,6 +90,7 @@ def render(status: dict[str, Any]) -> str:
     lines += _connection_lines(status.get("instances") or {})
     lines += _loops_table(status.get("instances") or {})
     lines += _resync_lines(status.get("instances") or {})
+    lines += _endpoint_lines(status.get("instances") or {})
     lines += _calls_lines(status)
     outbox = status.get("outbox") or {}
     deliveries = status.get("deliveries") or {}
@@ -193,6 +194,27 @@ def _loops_table(instances: dict[str, Any]) -> list[str]:
         lines.append(line((*row[:6], first)))
         lines += [indent + part for part in more]
     return lines
+
+
+def _endpoint_lines(instances: dict[str, Any]) -> list[str]:
+    """Each instance's callback endpoint: healthy, or failing or paused since when."""
+    lines = []
+    for name, inst in instances.items():
+        endpoint = inst.get("endpoint")
+        if not isinstance(endpoint, dict):
+            continue
+        state = str(endpoint.get("state", "?"))
+        line = f"  {name}: {state}"
+        if state != "healthy":
+            line += (
+                f" since {endpoint.get('failing_since') or '?'},"
+                f" {endpoint.get('consecutive_failures', 0)} failures in a row"
+            )
+        if endpoint.get("paused_until_probe"):
+            line += f", next probe {endpoint['paused_until_probe']}"
+        line += f"; last success {endpoint.get('last_success_at') or '-'}"
+        lines.append(line)
+    return ["", "endpoints:", *lines] if lines else []
 
 
 def _calls_lines(status: dict[str, Any]) -> list[str]:

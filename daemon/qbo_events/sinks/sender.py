@@ -28,6 +28,8 @@ from qbo_events.history import RESPONSE_HEAD, Attempt
 from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox, Row
 from qbo_events.sinks import payload, retry, signing
+from qbo_events.sinks.alerts import Alerts
+from qbo_events.sinks.endpoint_health import EndpointHealth
 
 log = structlog.get_logger("qbo_events.sender")
 
@@ -113,6 +115,15 @@ class Sender:
         self._idle = asyncio.Event()
         self._idle.set()
         self._delivered_metric = metrics.deliveries.labels("delivered")
+        self.alerts = Alerts(http, delivery)
+        self.health = EndpointHealth(
+            outbox,
+            delivery=delivery,
+            urls=_urls(self._targets),
+            metrics=metrics,
+            alerts=self.alerts,
+            on_resumed=self.wake,
+        )
         self.running = False
         self.started = asyncio.Event()
         self.delivered = 0
@@ -127,6 +138,8 @@ class Sender:
         removed instances are kept so that their accepted events are still delivered."""
         self._delivery = delivery
         self._targets.update(targets)
+        self.health.configure(delivery, _urls(targets))
+        self.alerts.configure(delivery)
         for name in targets:
             self._mark_due(name)
         self._wakeup.set()
@@ -149,6 +162,8 @@ class Sender:
             "failed_attempts": self.failed,
             "dead_lettered": self.dead,
             "endpoints_busy": {k: v for k, v in self._endpoint_busy.items() if v},
+            "endpoints": self.health.stats(),
+            "alerts": self.alerts.stats(),
         }
 
     def due_since(self) -> float | None:
@@ -172,11 +187,18 @@ class Sender:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`; then give in-flight deliveries `shutdown_timeout` to finish
         and cancel the rest, which stay in the outbox."""
+        try:
+            await self.health.load()
+        except OutboxError as exc:
+            # Paused endpoints then get one attempt each before they pause again.
+            log.error("stored endpoint health not read", error=str(exc))
         self.running = True
         self.started.set()
         try:
             async with asyncio.TaskGroup() as deliveries:
                 deliveries.create_task(self._wake_on(stop), name="sender-stop")
+                deliveries.create_task(self.health.run(stop), name="endpoint-health")
+                deliveries.create_task(self.alerts.run(stop), name="alerts")
                 await self._dispatch(deliveries, stop)
                 if self._tasks:
                     log.info("draining deliveries", in_flight=self._tasks)
@@ -265,11 +287,19 @@ class Sender:
             free = self._free(target)
             if free <= 0:
                 continue
+            probing = self.health.paused(name)
+            if probing:
+                # A paused endpoint takes one probe per probe_interval: the first due row,
+                # fetched for it, not one fetched ahead.
+                self._drop_ready(name)
+                if not self.health.take_probe(name, now):
+                    self._next_due[name] = self.health.next_probe_at(name)
+                    continue
             ready = self._ready[name]
             if not ready:
                 # Fetch ahead: a slot that frees up later then needs no query of its own.
                 ahead = sum(len(q) for q in self._ready.values()) < _READY_LIMIT
-                want = max(free, _FETCH_AHEAD) if ahead else free
+                want = 1 if probing else max(free, _FETCH_AHEAD) if ahead else free
                 self._woken.discard(name)
                 rows, later = await self._outbox.due(name, want, self._inflight[name])
                 self._inflight[name].update(row.seq for row in rows)
@@ -278,11 +308,21 @@ class Sender:
                     self._next_due[name] = later if later is not None else math.inf
                 target = self._targets.get(name, target)  # a reload may have come meanwhile
                 free = self._free(target)
+            if probing:
+                free = min(free, 1)
             while ready and free > 0:
                 self._start(deliveries, ready.popleft(), target)
                 free -= 1
-            if ready:
+            if probing:
+                self._next_due[name] = self.health.next_probe_at(name)
+            elif ready:
                 self._mark_due(name)
+
+    def _drop_ready(self, name: str) -> None:
+        """Forget the rows fetched ahead for `name`: they stay due in the outbox."""
+        ready = self._ready.get(name)
+        while ready:
+            self._inflight[name].discard(ready.popleft().seq)
 
     def _start(self, deliveries: asyncio.TaskGroup, row: Row, target: Target) -> None:
         self._busy += 1
@@ -310,13 +350,17 @@ class Sender:
                 self._endpoint_busy[target.endpoint] -= 1
                 self._wakeup.set()
             attempt = note.attempt(target, failure)
+            host = _host(target.url)
+            self._metrics.delivery_attempt_seconds.labels(host).observe(attempt.latency_ms / 1000)
+            self._metrics.delivery_attempts.labels(host, _outcome(note.status, failure)).inc()
             if failure is not None:
-                await self._failed(row, failure, attempt)
+                await self._failed(row, failure, attempt, target)
             else:
                 await self._outbox.delivered(row.seq, attempt, note.body)
                 self.delivered += 1
                 self._delivered_metric.inc()
                 self._metrics.delivery_latency.observe(self._clock() - row.accepted_at)
+                await self.health.succeeded(target.instance, target.url)
         except OutboxError as exc:
             self._outbox.log_refusal(
                 log,
@@ -337,12 +381,19 @@ class Sender:
                 self._idle.set()
             self._wakeup.set()
 
-    async def _failed(self, row: Row, exc: DeliveryError, attempt: Attempt) -> None:
-        attempts = row.attempts + 1
+    async def _failed(self, row: Row, exc: DeliveryError, attempt: Attempt, target: Target) -> None:
         self.failed += 1
         error = str(exc) or type(exc).__name__
+        gone = isinstance(exc, DeliveryRejected) and exc.gone
+        if await self.health.failed(target.instance, target.url) and not gone:
+            # Paused: the attempt does not count toward dead-lettering, and the row stays due
+            # for the next probe. A paused endpoint's backlog waits; it does not die.
+            await self._outbox.retry_later(row.seq, row.attempts, self._clock(), error, attempt)
+            self._metrics.deliveries.labels("retry").inc()
+            return
+        attempts = row.attempts + 1
         delay = None
-        if not (isinstance(exc, DeliveryRejected) and exc.gone):
+        if not gone:
             delay = retry.next_delay(
                 attempts, self._delivery.retry_schedule, retry_after=exc.retry_after
             )
@@ -422,6 +473,24 @@ class _Note:
             error=None if failure is None else (str(failure) or type(failure).__name__),
             response=self.response,
         )
+
+
+def _urls(targets: Mapping[str, Target]) -> dict[str, str]:
+    return {name: target.url for name, target in targets.items()}
+
+
+def _host(url: str) -> str:
+    """The metrics' endpoint label: host[:port], bounded by the configured callbacks."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port}" if parts.port else str(parts.hostname)
+
+
+def _outcome(status: int | None, failure: DeliveryError | None) -> str:
+    if isinstance(failure, DeliveryTimeout):
+        return "timeout"
+    if status is not None:
+        return f"{status // 100}xx"
+    return "error"
 
 
 def _shown(url: str) -> str:
