@@ -185,3 +185,31 @@ def test_a_spent_budget_pauses_the_resync_and_cancel_ends_it(
     assert status_of(d)["state"] == "cancelled"
     assert metered_calls(sandbox) <= budget
     assert resync(d, "--instance", "a", "--cancel").returncode == 1
+
+
+def test_a_resync_since_reads_with_cdc_where_it_can(
+    sandbox_factory: Callable[..., SandboxProcess],
+    daemon_factory: Callable[..., DaemonProcess],
+    receiver: Receiver,
+) -> None:
+    sandbox = sandbox_factory(seed=100)
+    d = daemon(sandbox, daemon_factory, receiver).start()
+    # The polls' first CDC read first, so that what follows is the resync's own.
+    wait_for(lambda: sandbox.stats()["calls_by_realm"].get(REALM, {}).get("cdc"), what="a poll")
+    before = dict(sandbox.stats()["calls_by_realm"][REALM])
+    # The seeded objects changed two days ago; time-activities has no CDC: Query reads it.
+    done = resync(
+        d, "--instance", "a", "--resources", "customers,invoices,time-activities", "--since", "3d"
+    )
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: ends(receiver), timeout=120, what="the RESYNC event")
+
+    end = receiver.events()[-1]
+    assert end["status"] == "completed" and end["objects"] == 300
+    assert end["since"] is not None and end["since"].endswith("Z")
+    delivered = objects_delivered(receiver)
+    assert set(delivered.values()) == {1}
+    assert {kind for kind, _ in delivered} == {"customers", "invoices", "time-activities"}
+    after = sandbox.stats()["calls_by_realm"][REALM]
+    assert after.get("cdc", 0) - before.get("cdc", 0) == 2
+    assert after.get("query", 0) - before.get("query", 0) == 1
