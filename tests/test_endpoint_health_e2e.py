@@ -5,6 +5,7 @@ resumes it, and the alert receiver gets each notice once, signed."""
 from __future__ import annotations
 
 import base64
+import signal
 import subprocess
 import sys
 import time
@@ -164,4 +165,22 @@ def test_deliveries_resume_resumes_by_hand(
     assert again.returncode == 1 and "not paused" in again.stderr
     unknown = cli(d, "deliveries", "resume", "--instance", "nobody")
     assert unknown.returncode == 2
+    assert d.stop() == 0
+
+
+def test_a_reload_shortens_the_probe_interval_of_a_paused_endpoint(
+    daemon_factory: Factory, receiver: Receiver, alert_receiver: Receiver
+) -> None:
+    failing = True
+    receiver.plan = lambda _id, _n: (500, {}) if failing else (200, {})
+    instances = instance_toml("acme", REALM, receiver.url)
+    d = daemon_factory(instances, settings=settings(alert_receiver, 3600)).start()
+    post(d, range(100, 102))
+    wait_for(lambda: endpoint(d)["state"] == "paused", timeout=30, what="the endpoint paused")
+    failing = False
+    d.write_config(instances, settings=settings(alert_receiver, 1))
+    d.signal(signal.SIGHUP)
+    wait_for(lambda: receiver.count() == 2, timeout=15, what="delivery after the reload")
+    assert d.health("/status")[1]["last_reload"]["ok"] is True
+    assert endpoint(d)["state"] == "healthy"
     assert d.stop() == 0

@@ -93,3 +93,13 @@ def test_restored_pause_probes_at_once_and_failing_keeps_its_start() -> None:
     # Continuous failure is counted from before the restart.
     h, notice = fail(failing, 102.0)
     assert h.state is es.State.PAUSED and notice is not None and notice.since == 2.0
+
+
+def test_a_shorter_probe_interval_brings_the_next_probe_forward() -> None:
+    h, _ = fail(es.Health(url=URL), 0.0)
+    h, _ = es.failed(h, 200.0, pause_after=PAUSE, probe_interval=3600)
+    assert h.next_probe_at == 3800.0
+    assert es.reprobed(h, 300.0, 1.0).next_probe_at == 301.0
+    assert es.reprobed(h, 300.0, 7200.0) is h  # a longer interval waits for the next probe
+    healthy = es.Health(url=URL)
+    assert es.reprobed(healthy, 300.0, 1.0) is healthy

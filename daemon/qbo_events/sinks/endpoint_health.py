@@ -113,9 +113,14 @@ class EndpointHealth:
     def configure(self, delivery: DeliveryConfig, urls: Mapping[str, str]) -> None:
         """A reload: new limits at once; an instance pointed at a new URL starts over healthy."""
         self._delivery = delivery
+        now = self._clock()
         for name, url in urls.items():
             old = self._health.get(name)
-            self._health[name] = es.Health(url=url) if old is None else es.retargeted(old, url)
+            if old is None:
+                self._health[name] = es.Health(url=url)
+            else:
+                new = es.reprobed(es.retargeted(old, url), now, delivery.probe_interval)
+                self._health[name] = new
             self._gauge(name)
 
     async def load(self) -> None:

@@ -94,6 +94,15 @@ def probe_taken(health: Health, now: float, probe_interval: float) -> Health:
     return msgspec.structs.replace(health, next_probe_at=now + probe_interval)
 
 
+def reprobed(health: Health, now: float, probe_interval: float) -> Health:
+    """A reload's new probe_interval: a probe waiting longer than that from now comes sooner."""
+    if health.state is not State.PAUSED or health.next_probe_at is None:
+        return health
+    if health.next_probe_at <= now + probe_interval:
+        return health
+    return msgspec.structs.replace(health, next_probe_at=now + probe_interval)
+
+
 def may_probe(health: Health, now: float) -> bool:
     """Whether a paused endpoint's probe is due. Never true of an endpoint that is not paused:
     it takes every delivery."""
