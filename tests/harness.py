@@ -332,6 +332,7 @@ class SandboxProcess:
         webhook_url: str = "",
         webhook_format: str = "legacy",
         seed: int = 3,
+        options: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.realms = realms
@@ -348,6 +349,7 @@ class SandboxProcess:
             args += ["--realm-id", realm]
         if webhook_url:
             args += ["--webhook-url", webhook_url]
+        args += options
         self._out = (tmp / f"sandbox-{self.port}.log").open("wb")
         self.proc = subprocess.Popen(args, stdout=self._out, stderr=subprocess.STDOUT)
         wait_for(self._up, 20, "the sandbox to listen")

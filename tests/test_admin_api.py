@@ -94,6 +94,19 @@ def test_reads_answer_and_actions_need_the_token(tmp_path: Path, receiver: Recei
         unknown = {"instance": "nobody", "since": "1h"}
         assert call(d, "POST", "/api/v1/replays", unknown, TOKEN)[0] == 404
         assert call(d, "POST", "/api/v1/retries", {}, TOKEN) == (200, {"requeued": 0})
+
+        # A signed body no parser understands: quarantined, shown, retried (still bad: it stays).
+        assert d.post(b'{"eventNotifications": "not a list"}') == 200
+        status, kept = call(d, "GET", "/api/v1/quarantine")
+        assert status == 200 and kept["total"] == 1
+        quarantined = kept["quarantined"][0]["id"]
+        status, shown = call(d, "GET", f"/api/v1/quarantine/{quarantined}")
+        assert status == 200 and "not a list" in shown["body"]
+        assert call(d, "POST", "/api/v1/quarantine-retries", {})[0] == 401
+        status, retried = call(d, "POST", "/api/v1/quarantine-retries", {}, TOKEN)
+        assert status == 200 and retried["tried"] == 1 and retried["parsed"] == []
+        assert call(d, "GET", "/api/v1/quarantine")[1]["total"] == 1
+        assert call(d, "POST", "/api/v1/quarantine-retries", {"id": 999}, TOKEN)[0] == 404
     finally:
         assert d.stop() == 0
         d.close()

@@ -24,6 +24,7 @@ from qbo_events import __version__, health, health_address, logs, poll_budget
 from qbo_events import config as config_module
 from qbo_events.admin.api import AdminApi
 from qbo_events.config import Config
+from qbo_events.connect import expiry
 from qbo_events.connect import status as connect_status
 from qbo_events.connect.announce import announce, occasion_of
 from qbo_events.connect.flow import Connected
@@ -86,6 +87,7 @@ class Daemon:
         self._connections: dict[str, ConnectionRow] = {}
         self._connections_marker: tuple[float, int] = (0.0, 0)
         self._refused: asyncio.Queue[str] = asyncio.Queue()  # instances told invalid_grant
+        self._warned: dict[str, str] = {}  # instance -> the UTC day its expiry was last told
 
     # -- the whole lifetime --------------------------------------------------------------------
 
@@ -353,6 +355,7 @@ class Daemon:
                     await self._lost(name)
                     losses.discard(name)
                 self._take_up_changes()
+                await self._warn_expiring()
             except OutboxError as exc:
                 # What is left of `losses` is tried again at the next look.
                 self._outbox_log_refusal("connection state not stored", exc)
@@ -383,6 +386,40 @@ class Daemon:
         await self._store.lost(name, realm, time.time())
         if event is not None:
             self._wake_senders({name})
+
+    async def _warn_expiring(self) -> None:
+        """Once a UTC day per instance inside quickbooks.reconnect_warning_days of its refresh
+        token's hard expiry: a warning and an `expiring` event (its id is the day's)."""
+        if self._pollers is None or self._store is None or self._outbox is None:
+            return
+        now = time.time()
+        window = self.config.quickbooks.reconnect_warning_days
+        for name, left in expiry.due(
+            now, self._pollers.hard_expiries(), window, self._warned
+        ).items():
+            inst = self.config.instance(name)
+            if inst is None:
+                continue
+            row = self._store.connections().get(name)
+            log.warning(
+                "quickbooks.refresh_token_expiring",
+                instance=name,
+                days_left=round(left, 1),
+                hint=f"connect the company again: qbo-events connect --instance {name}",
+            )
+            event = await announce(
+                self._outbox,
+                self._store,
+                self.config,
+                inst,
+                ConnectionStatus.EXPIRING,
+                realm_id=connect_status.serving_realm(inst, row),
+                occasion=expiry.day_of(now),
+                company_name=row.company_name if row else None,
+            )
+            self._warned[name] = expiry.day_of(now)
+            if event is not None:
+                self._wake_senders({name})
 
     def _take_up_changes(self) -> None:
         """Re-apply when the connection rows changed: a new connect gets fresh TokenManagers."""
@@ -499,6 +536,10 @@ class Daemon:
         if self._pollers is not None:
             for name, refused in self._pollers.reauthorization_flags().items():
                 self.metrics.needs_reauthorization.labels(name).set(int(refused))
+            now = time.time()
+            for name, at in self._pollers.hard_expiries().items():
+                if at:
+                    self.metrics.refresh_token_expiry.labels(name).set(max(0.0, at - now))
             for resource, lag in self._pollers.lags(time.time()).items():
                 self.metrics.poll_lag.labels(resource).set(lag)
         if self._meter is not None:

@@ -119,6 +119,13 @@ class Metrics:
             "This month's total if requests go on at the month's rate so far",
             registry=r,
         )
+        self.refresh_token_expiry = Gauge(
+            "qbo_events_refresh_token_expiry_seconds",
+            "Seconds until the instance's refresh token reaches its hard expiry (a new connect "
+            "is needed by then); absent while unknown",
+            ["instance"],
+            registry=r,
+        )
         self.needs_reauthorization = Gauge(
             "qbo_events_needs_reauthorization",
             "1 when the instance's refresh token was refused (invalid_grant)",

@@ -112,12 +112,17 @@ def render(status: dict[str, Any]) -> str:
 
 
 def _connection_lines(instances: dict[str, Any]) -> list[str]:
-    """Which company each instance is connected to, and since when; or what it waits for."""
+    """Which company each instance is connected to, and since when; or what it waits for;
+    and the days its refresh token has left before its hard expiry, when known."""
     found = [
         f"{name}: {connection_line(inst['connection'])}"
         for name, inst in instances.items()
         if isinstance(inst.get("connection"), dict)
     ]
+    for name, inst in instances.items():
+        left = (inst.get("tokens") or {}).get("refresh_token_days_left")
+        if left is not None:
+            found.append(f"{name}: refresh token valid {left:g} more days (then connect again)")
     return [*found, ""] if found else []
 
 

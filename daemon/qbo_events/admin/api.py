@@ -14,12 +14,14 @@ from typing import Any, Final, Protocol
 import msgspec
 from aiohttp import web
 
-from qbo_events import deliveries
+from qbo_events import deliveries, quarantine
 from qbo_events.admin.models import (
     DeliveryCopies,
     DeliveryList,
     Error,
     InstancesView,
+    QuarantineList,
+    QuarantineRetryRequest,
     ReplayRequest,
     ReplayResult,
     RetryRequest,
@@ -73,6 +75,9 @@ class AdminApi:
         app.router.add_get(f"{PREFIX}/deliveries/{{event_id}}", self.show_delivery)
         app.router.add_post(f"{PREFIX}/replays", self._action(self.replay))
         app.router.add_post(f"{PREFIX}/retries", self._action(self.retry))
+        app.router.add_get(f"{PREFIX}/quarantine", self.list_quarantine)
+        app.router.add_get(f"{PREFIX}/quarantine/{{id}}", self.show_quarantined)
+        app.router.add_post(f"{PREFIX}/quarantine-retries", self._action(self.retry_quarantined))
 
     # -- guards --------------------------------------------------------------------------------
 
@@ -196,3 +201,48 @@ class AdminApi:
             if body.instance in (None, inst.name):
                 self._ctx.wake(inst.name)
         return _reply(RetryResult(requeued=count))
+
+    # -- quarantine ----------------------------------------------------------------------------
+
+    async def list_quarantine(self, request: web.Request) -> web.Response:
+        try:
+            limit = int(request.query.get("limit", "100"))
+            if not 1 <= limit <= MAX_LIMIT:
+                raise ValueError(f"limit must be 1 to {MAX_LIMIT}")
+        except ValueError as exc:
+            return _error(400, str(exc))
+        outbox = self._outbox()
+        try:
+            found = await quarantine.list_quarantined(outbox, limit=limit)
+            total = await quarantine.count(outbox)
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot answer: {exc}")
+        return _reply(QuarantineList(quarantined=found, total=total))
+
+    async def show_quarantined(self, request: web.Request) -> web.Response:
+        try:
+            quarantine_id = int(request.match_info["id"])
+        except ValueError:
+            return _error(404, "quarantine ids are numbers")
+        try:
+            shown = await quarantine.show(self._outbox(), quarantine_id)
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot answer: {exc}")
+        if shown is None:
+            return _error(404, f"no quarantined body with id {quarantine_id}")
+        return _reply(shown)
+
+    async def retry_quarantined(self, request: web.Request) -> web.Response:
+        try:
+            body: QuarantineRetryRequest = await self._body(request, QuarantineRetryRequest)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        try:
+            done = await quarantine.retry(self._outbox(), self._ctx.config, body.id)
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot take it: {exc}")
+        if body.id is not None and not done.tried:
+            return _error(404, f"no quarantined body with id {body.id}")
+        for name in done.instances:
+            self._ctx.wake(name)
+        return _reply(done)

@@ -8,6 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from qbo_events.deliveries import Detail, Item
+from qbo_events.quarantine import Quarantined
 
 EventId = Annotated[str, Meta(min_length=1, max_length=200)]
 
@@ -57,3 +58,14 @@ class RetryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fie
 
 class RetryResult(msgspec.Struct, frozen=True):
     requeued: int
+
+
+class QuarantineList(msgspec.Struct, frozen=True):
+    quarantined: list[Quarantined]
+    total: int
+
+
+class QuarantineRetryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One quarantined body to parse again, or all of them (id left out)."""
+
+    id: Annotated[int, Meta(ge=1)] | None = None

@@ -21,11 +21,14 @@ from qbo_events.admin.models import (
     DeliveryList,
     Error,
     InstancesView,
+    QuarantineList,
+    QuarantineRetryRequest,
     ReplayRequest,
     ReplayResult,
     RetryRequest,
     RetryResult,
 )
+from qbo_events.quarantine import Retried, Shown
 
 DOCUMENT: Final = Path(__file__).with_name("openapi.json")
 _REF = "#/components/schemas/{name}"
@@ -72,7 +75,7 @@ def _action(summary: str, request: type, result: type, errors: tuple[int, ...]) 
 def build() -> dict[str, Any]:
     kinds = [
         Error, InstancesView, DeliveryList, DeliveryCopies, ReplayRequest, ReplayResult,
-        RetryRequest, RetryResult,
+        RetryRequest, RetryResult, QuarantineList, QuarantineRetryRequest, Shown, Retried,
     ]  # fmt: skip
     _, components = msgspec.json.schema_components(kinds, ref_template=_REF)
     time_text = {"type": "string", "description": "RFC 3339, or a span back from now: 30m, 1h"}
@@ -137,6 +140,42 @@ def build() -> dict[str, Any]:
                 "Send delivered events again (or count them, dry)",
                 ReplayRequest,
                 ReplayResult,
+                (400, 401, 403, 404, 503),
+            ),
+            f"{PREFIX}/quarantine": {
+                "get": {
+                    "summary": "The signed webhook bodies that could not be understood",
+                    "parameters": [
+                        _query(
+                            "limit",
+                            "At most this many (default 100)",
+                            {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT},
+                        )
+                    ],
+                    "responses": {
+                        "200": _json(QuarantineList, "The quarantine, oldest first"),
+                        **_errors(400, 503),
+                    },
+                }
+            },
+            f"{PREFIX}/quarantine/{{id}}": {
+                "get": {
+                    "summary": "One quarantined body",
+                    "parameters": [
+                        {
+                            "name": "id",
+                            "in": "path",
+                            "required": True,
+                            "schema": {"type": "integer"},
+                        }
+                    ],
+                    "responses": {"200": _json(Shown, "The body"), **_errors(404, 503)},
+                }
+            },
+            f"{PREFIX}/quarantine-retries": _action(
+                "Parse quarantined bodies again and accept what now parses",
+                QuarantineRetryRequest,
+                Retried,
                 (400, 401, 403, 404, 503),
             ),
             f"{PREFIX}/retries": _action(

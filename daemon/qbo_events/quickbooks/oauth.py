@@ -42,6 +42,8 @@ class Tokens(msgspec.Struct, frozen=True):
     access_token: str = ""
     access_expires_at: float = 0.0
     refresh_expires_at: float = 0.0
+    # The refresh token's five-year hard expiry (x_refresh_token_hard_expires_in); 0 unknown.
+    hard_expires_at: float = 0.0
 
     def __repr__(self) -> str:
         # The default repr would print both tokens into any log line or traceback that shows us.
@@ -64,6 +66,7 @@ class _TokenAnswer(msgspec.Struct):
     refresh_token: str = ""
     expires_in: float = 3600.0
     x_refresh_token_expires_in: float = 0.0
+    x_refresh_token_hard_expires_in: float = 0.0
 
 
 class _TokenRefusal(msgspec.Struct):
@@ -149,6 +152,11 @@ class TokenManager:
         """Unix time the current access token expires; 0 when there is none."""
         return self._tokens.access_expires_at if self._tokens else 0.0
 
+    @property
+    def hard_expires_at(self) -> float:
+        """Unix time the refresh token's grant ends for good (five years); 0 when unknown."""
+        return self._tokens.hard_expires_at if self._tokens else 0.0
+
     def stats(self) -> dict[str, object]:
         """State for /status and /metrics; never a token."""
         tokens = self._tokens
@@ -157,6 +165,12 @@ class TokenManager:
             "needs_reauthorization": self.needs_reauthorization,
             "access_expires_at": tokens.access_expires_at if tokens else 0.0,
             "refresh_expires_at": tokens.refresh_expires_at if tokens else 0.0,
+            "refresh_hard_expires_at": self.hard_expires_at,
+            "refresh_token_days_left": (
+                round((self.hard_expires_at - self._clock()) / 86400, 1)
+                if self.hard_expires_at
+                else None
+            ),
             "refreshes": self.refreshes,
             "refresh_failures": self.refresh_failures,
             "last_refresh_at": self.last_refresh_at,
@@ -245,6 +259,7 @@ class TokenManager:
                 form,
                 self._clock,
                 previous_refresh_token=tokens.refresh_token,
+                previous_hard_expires_at=tokens.hard_expires_at,
             )
         except NeedsReauthorization:
             self.refresh_failures += 1
@@ -290,6 +305,7 @@ async def _token_request(
     clock: Callable[[], float],
     *,
     previous_refresh_token: str = "",
+    previous_hard_expires_at: float = 0.0,
 ) -> Tokens:
     """POST one grant to the token endpoint; translate every failure into our errors."""
     sent_at = clock()
@@ -300,6 +316,8 @@ async def _token_request(
             headers={
                 "Authorization": _basic_auth(client_id, client_secret),
                 "Accept": "application/json",
+                # Asks for x_refresh_token_hard_expires_in: when the grant ends for good.
+                "x-include-refresh-token-hard-expires-in": "true",
             },
             allow_redirects=False,
             timeout=_TOKEN_TIMEOUT,
@@ -327,6 +345,11 @@ async def _token_request(
                 sent_at + answer.x_refresh_token_expires_in
                 if answer.x_refresh_token_expires_in
                 else 0.0
+            ),
+            hard_expires_at=(
+                sent_at + answer.x_refresh_token_hard_expires_in
+                if answer.x_refresh_token_hard_expires_in
+                else previous_hard_expires_at
             ),
         )
 

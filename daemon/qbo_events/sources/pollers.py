@@ -311,6 +311,10 @@ class Pollers:
     def client_stats(self) -> dict[str, Any]:
         return self._client.stats() if self._client is not None else {}
 
+    def hard_expiries(self) -> dict[str, float]:
+        """Per polling instance, when its refresh token's grant ends for good (0: unknown)."""
+        return {name: t.hard_expires_at for name, t in self._tokens.items()}
+
     def reauthorization_flags(self) -> dict[str, bool]:
         return {name: t.needs_reauthorization for name, t in self._tokens.items()}
 
