@@ -57,13 +57,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def delivery_settings(pairs: Sequence[str]) -> dict[str, str]:
-    """`--delivery KEY=VALUE` flags -> `[delivery]` keys, e.g. max_in_flight_per_endpoint=64."""
+def delivery_settings(pairs: Sequence[str], flag: str = "--delivery") -> dict[str, str]:
+    """`--delivery KEY=VALUE` flags -> `[delivery]` keys, e.g. max_in_flight_per_endpoint=64
+    (and the same for another section's flag, e.g. `--outbox history_days=0`)."""
     settings = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep:
-            raise SystemExit(f"--delivery wants KEY=VALUE, not {pair!r}")
+            raise SystemExit(f"{flag} wants KEY=VALUE, not {pair!r}")
         settings[key.strip()] = value.strip()
     return settings
 
@@ -283,10 +284,12 @@ class Daemon:
         durability: str = "full",
         log_level: str = "info",
         delivery: dict[str, str] | None = None,
+        outbox: dict[str, str] | None = None,
         notify: bool = True,
     ) -> None:
-        """`delivery`: extra `[delivery]` keys (TOML values as text). `notify=False` disables
-        the instance's notifications: events are accepted and stored but never sent."""
+        """`delivery`, `outbox`: extra `[delivery]` and `[outbox]` keys (TOML values as text).
+        `notify=False` disables the instance's notifications: events are accepted and stored
+        but never sent."""
         self.webhook_port = free_port()
         self.health_port = free_port()
         self.workdir = workdir
@@ -307,7 +310,8 @@ class Daemon:
             + "".join(f"{k} = {v}\n" for k, v in delivery_keys.items())
             + "[outbox]\n"
             f'durability = "{durability}"\n'
-            "[[instances]]\n"
+            + "".join(f"{k} = {v}\n" for k, v in (outbox or {}).items())
+            + "[[instances]]\n"
             'name = "bench"\n'
             f'realm_id = "{REALM}"\n'
             'tags = ["bench"]\n'
@@ -326,6 +330,12 @@ class Daemon:
             )
         )
         self.pid = self.proc.pid
+
+    @property
+    def outbox_path(self) -> Path:
+        from qbo_events.app import OUTBOX_FILE
+
+        return self.workdir / "state" / OUTBOX_FILE
 
     @property
     def url(self) -> str:

@@ -63,7 +63,9 @@ def wait_received(base: str, count: int, timeout: float) -> dict[str, Any]:
 def throughput(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with Procs() as procs:
         receiver, callback, base = start_receiver(procs, tmp, verify=True)
-        daemon = Daemon(procs, tmp, callback, log_level="warning", delivery=a.delivery)
+        daemon = Daemon(
+            procs, tmp, callback, log_level="warning", delivery=a.delivery, outbox=a.outbox
+        )
         daemon.wait_ready()
         print(f"  daemon pid {daemon.pid}", flush=True)
         # Warm-up, not counted.
@@ -111,7 +113,9 @@ def throughput(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def latency(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     with Procs() as procs:
         _, callback, base = start_receiver(procs, tmp, verify=True)
-        daemon = Daemon(procs, tmp, callback, log_level="warning", delivery=a.delivery)
+        daemon = Daemon(
+            procs, tmp, callback, log_level="warning", delivery=a.delivery, outbox=a.outbox
+        )
         daemon.wait_ready()
         print(f"  daemon pid {daemon.pid}", flush=True)
         run_loadgen(procs, tmp, daemon.url, prefix="warm-", duration=1.0, rate=200)
@@ -161,6 +165,7 @@ def memory(a: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             f"http://127.0.0.1:{dead_port}/hook",
             log_level="warning",
             delivery=a.delivery,
+            outbox=a.outbox,
         )
         daemon.wait_ready()
         print(f"  daemon pid {daemon.pid}", flush=True)
@@ -223,18 +228,24 @@ def main() -> int:
     parser.add_argument(
         "--delivery", action="append", default=[], metavar="KEY=VALUE", help="[delivery] keys"
     )
+    parser.add_argument(
+        "--outbox", action="append", default=[], metavar="KEY=VALUE", help="[outbox] keys"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directories")
     a = parser.parse_args()
     if a.quick:
         a.tp_seconds, a.lat_seconds, a.mem_events, a.mem_settle = 4.0, 6.0, 30_000, 10.0
     parts = {p.strip() for p in a.only.split(",") if p.strip()}
     a.delivery = delivery_settings(a.delivery)
+    a.outbox = delivery_settings(a.outbox, "--outbox")
 
     print(f"end-to-end benchmark: {machine()}")
     print("  one daemon (durability 'full', default delivery settings), one receiver and one")
     print("  load generator, each its own process, sharing the CPUs")
     if a.delivery:
         print(f"  delivery settings: {a.delivery}")
+    if a.outbox:
+        print(f"  outbox settings: {a.outbox}")
     failed = False
     if "throughput" in parts:
         with workdir(a.keep) as tmp:
