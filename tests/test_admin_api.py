@@ -43,10 +43,14 @@ def call(
 
 
 def start(tmp: Path, receiver: Receiver, token: str | None) -> DaemonProcess:
-    settings_text = ""
+    # QuickBooks is a closed local port: a resync the API starts must not reach the internet.
+    settings_text = (
+        '[quickbooks]\napi_base_url = "http://127.0.0.1:9"\n'
+        'token_url = "http://127.0.0.1:9/token"\n'
+    )
     if token is not None:
         (tmp / "admin_token").write_text(token)
-        settings_text = '[http]\nadmin_token_file = "admin_token"\n'
+        settings_text += '[http]\nadmin_token_file = "admin_token"\n'
     d = DaemonProcess(tmp, instance_toml("acme", REALM, receiver.url), settings=settings_text)
     return d.start()
 
@@ -107,6 +111,22 @@ def test_reads_answer_and_actions_need_the_token(tmp_path: Path, receiver: Recei
         assert status == 200 and retried["tried"] == 1 and retried["parsed"] == []
         assert call(d, "GET", "/api/v1/quarantine")[1]["total"] == 1
         assert call(d, "POST", "/api/v1/quarantine-retries", {"id": 999}, TOKEN)[0] == 404
+
+        # One instance's actions: a link needs a public base URL; resume; a resync's life.
+        base = "/api/v1/instances/acme"
+        status, refused = call(d, "POST", f"{base}/connect-links", {}, TOKEN)
+        assert status == 400 and "public_base_url" in refused["error"]
+        assert call(d, "POST", "/api/v1/instances/nobody/resume", None, TOKEN)[0] == 404
+        assert call(d, "POST", f"{base}/resume", None, TOKEN) == (200, {"resumed": False})
+        both = {"since": "1h", "full": True}
+        assert call(d, "POST", f"{base}/resyncs", both, TOKEN)[0] == 400
+        assert call(d, "GET", f"{base}/resync")[0] == 404
+        status, started = call(d, "POST", f"{base}/resyncs", {"full": True}, TOKEN)
+        assert status == 200 and started["resync"]["id"].startswith("rs_")
+        assert call(d, "POST", f"{base}/resyncs", {"full": True}, TOKEN)[0] == 409
+        assert call(d, "GET", f"{base}/resync")[1]["resync"]["id"] == started["resync"]["id"]
+        status, cancelled = call(d, "POST", f"{base}/resync-cancel", None, TOKEN)
+        assert status == 200 and cancelled["resync"]["state"] in ("cancelling", "cancelled")
     finally:
         assert d.stop() == 0
         d.close()

@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import orjson
 
 from qbo_events import config as config_module
-from qbo_events import deliveries
+from qbo_events import resync_requests
 from qbo_events.config import Config
 from qbo_events.outbox import Outbox
-from qbo_events.quickbooks.resources import BY_NAME
 from qbo_events.resync_store import Job, ResyncError, ResyncStore
 
 T = TypeVar("T")
@@ -69,30 +67,17 @@ def _resync(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         print(f"{job.id} cancelling")
         return EXIT_OK
-    resources = (
-        tuple(r.strip() for r in args.resources.split(",") if r.strip())
-        if args.resources
-        else tuple(inst.event.poller.resources)
-    )
-    unknown = [r for r in resources if r not in BY_NAME]
-    if unknown or not resources:
-        print(
-            f"qbo-events: unknown resources: {', '.join(unknown) or '(none given)'}",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
-    since = None
-    if args.since:
-        try:
-            moment = deliveries.parse_time(args.since)
-        except ValueError as exc:
-            print(f"qbo-events: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+    named = args.resources.split(",") if args.resources else None
     try:
         job = _with_store(
-            config, lambda store: store.create(args.instance, resources, since, time.time())
+            config,
+            lambda store: resync_requests.request(
+                store, inst, resources=named, since=args.since, full=args.full
+            ),
         )
+    except ValueError as exc:
+        print(f"qbo-events: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ResyncError as exc:
         print(f"qbo-events: {exc}", file=sys.stderr)
         return EXIT_FAILURE

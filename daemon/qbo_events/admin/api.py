@@ -8,14 +8,17 @@ handlers call the same functions as the CLI (deliveries.py), so the two cannot d
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol
 
 import msgspec
 from aiohttp import web
 
-from qbo_events import deliveries, quarantine
+from qbo_events import deliveries, quarantine, resync_requests
 from qbo_events.admin.models import (
+    ConnectLink,
+    ConnectLinkRequest,
     DeliveryCopies,
     DeliveryList,
     Error,
@@ -24,13 +27,19 @@ from qbo_events.admin.models import (
     QuarantineRetryRequest,
     ReplayRequest,
     ReplayResult,
+    ResumeResult,
+    ResyncRequest,
+    ResyncView,
     RetryRequest,
     RetryResult,
 )
-from qbo_events.config import Config
-from qbo_events.errors import OutboxError
+from qbo_events.config import Config, Instance
+from qbo_events.connect.links import parse_duration
+from qbo_events.errors import ConfigError, OutboxError
 from qbo_events.logs import redact
 from qbo_events.outbox import Outbox
+from qbo_events.resync_store import ResyncError, ResyncStore
+from qbo_events.sinks import endpoint_health
 
 PREFIX: Final = "/api/v1"
 MAX_LIMIT: Final = 10_000
@@ -75,6 +84,12 @@ class AdminApi:
         app.router.add_get(f"{PREFIX}/deliveries/{{event_id}}", self.show_delivery)
         app.router.add_post(f"{PREFIX}/replays", self._action(self.replay))
         app.router.add_post(f"{PREFIX}/retries", self._action(self.retry))
+        instance = f"{PREFIX}/instances/{{name}}"
+        app.router.add_post(f"{instance}/connect-links", self._action(self.connect_link))
+        app.router.add_post(f"{instance}/resume", self._action(self.resume))
+        app.router.add_post(f"{instance}/resyncs", self._action(self.start_resync))
+        app.router.add_get(f"{instance}/resync", self.show_resync)
+        app.router.add_post(f"{instance}/resync-cancel", self._action(self.cancel_resync))
         app.router.add_get(f"{PREFIX}/quarantine", self.list_quarantine)
         app.router.add_get(f"{PREFIX}/quarantine/{{id}}", self.show_quarantined)
         app.router.add_post(f"{PREFIX}/quarantine-retries", self._action(self.retry_quarantined))
@@ -224,6 +239,8 @@ class AdminApi:
             quarantine_id = int(request.match_info["id"])
         except ValueError:
             return _error(404, "quarantine ids are numbers")
+        if not 1 <= quarantine_id < 2**63:  # beyond SQLite's integers: no such row
+            return _error(404, f"no quarantined body with id {quarantine_id}")
         try:
             shown = await quarantine.show(self._outbox(), quarantine_id)
         except OutboxError as exc:
@@ -246,3 +263,85 @@ class AdminApi:
         for name in done.instances:
             self._ctx.wake(name)
         return _reply(done)
+
+    # -- one instance --------------------------------------------------------------------------
+
+    def _instance(self, request: web.Request) -> Instance:
+        name = request.match_info["name"]
+        inst = self._ctx.config.instance(name)
+        if inst is None:
+            raise web.HTTPNotFound(
+                text=msgspec.json.encode(Error(error=f"no instance named {name!r}")).decode(),
+                content_type="application/json",
+            )
+        return inst
+
+    async def connect_link(self, request: web.Request) -> web.Response:
+        # Imported here: the connect commands import the app module, which imports this one.
+        from qbo_events.connect.command import add_link, needs_client
+
+        inst = self._instance(request)
+        try:
+            body: ConnectLinkRequest = await self._body(request, ConnectLinkRequest)
+            valid = parse_duration(body.valid)
+            config = self._ctx.config
+            if not config.http.public_base_url:
+                raise ValueError("http.public_base_url is not set: no link can reach the listener")
+            needs_client(config)
+            url = await add_link(self._outbox(), config, inst, valid)
+        except ConfigError as exc:
+            return _error(400, "; ".join(exc.problems))
+        except ValueError as exc:
+            return _error(400, str(exc))
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot take it: {exc}")
+        return _reply(ConnectLink(url=url, expires_at=time.time() + valid))
+
+    async def resume(self, request: web.Request) -> web.Response:
+        inst = self._instance(request)
+        try:
+            resumed = await endpoint_health.resume(self._outbox(), inst.name)
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot take it: {exc}")
+        if resumed:
+            self._ctx.wake(inst.name)
+        return _reply(ResumeResult(resumed=resumed))
+
+    async def start_resync(self, request: web.Request) -> web.Response:
+        inst = self._instance(request)
+        try:
+            body: ResyncRequest = await self._body(request, ResyncRequest)
+            job = await resync_requests.request(
+                ResyncStore(self._outbox()),
+                inst,
+                resources=body.resources,
+                since=body.since,
+                full=body.full,
+            )
+        except ValueError as exc:
+            return _error(400, str(exc))
+        except ResyncError as exc:
+            return _error(409, str(exc))
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot take it: {exc}")
+        return _reply(ResyncView(resync=job.summary()))
+
+    async def show_resync(self, request: web.Request) -> web.Response:
+        inst = self._instance(request)
+        try:
+            job = ResyncStore(self._outbox()).latest(inst.name)
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot answer: {exc}")
+        if job is None:
+            return _error(404, f"instance {inst.name} has had no resync")
+        return _reply(ResyncView(resync=job.summary()))
+
+    async def cancel_resync(self, request: web.Request) -> web.Response:
+        inst = self._instance(request)
+        try:
+            job = await ResyncStore(self._outbox()).cancel(inst.name)
+        except ResyncError as exc:
+            return _error(409, str(exc))
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot take it: {exc}")
+        return _reply(ResyncView(resync=job.summary()))

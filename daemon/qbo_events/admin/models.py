@@ -68,4 +68,35 @@ class QuarantineList(msgspec.Struct, frozen=True):
 class QuarantineRetryRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """One quarantined body to parse again, or all of them (id left out)."""
 
-    id: Annotated[int, Meta(ge=1)] | None = None
+    id: Annotated[int, Meta(ge=1, le=2**63 - 1)] | None = None
+
+
+class ConnectLinkRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """How long the link lasts: 90s, 15m, 1h (default), 2d."""
+
+    valid: str = "1h"
+
+
+class ConnectLink(msgspec.Struct, frozen=True):
+    url: str
+    expires_at: float
+
+
+class ResumeResult(msgspec.Struct, frozen=True):
+    """False when the endpoint was healthy already."""
+
+    resumed: bool
+
+
+class ResyncRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Exactly one of `since` (RFC 3339 or a span back like 2d) and `full`."""
+
+    resources: list[str] | None = None
+    since: str | None = None
+    full: bool = False
+
+
+class ResyncView(msgspec.Struct, frozen=True):
+    """id, state, resources_done, resources_total, objects, since, last_error."""
+
+    resync: dict[str, Any]

@@ -17,6 +17,8 @@ import orjson
 from qbo_events import __version__, deliveries
 from qbo_events.admin.api import MAX_LIMIT, PREFIX
 from qbo_events.admin.models import (
+    ConnectLink,
+    ConnectLinkRequest,
     DeliveryCopies,
     DeliveryList,
     Error,
@@ -25,6 +27,9 @@ from qbo_events.admin.models import (
     QuarantineRetryRequest,
     ReplayRequest,
     ReplayResult,
+    ResumeResult,
+    ResyncRequest,
+    ResyncView,
     RetryRequest,
     RetryResult,
 )
@@ -48,6 +53,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "The bearer token is missing or wrong",
         403: "No admin token is configured: actions are off",
         404: "Not found",
+        409: "The instance has a resync under way, or none to cancel",
         503: "The outbox cannot answer now",
     }
     return {str(code): _json(Error, meaning[code]) for code in codes}
@@ -58,24 +64,36 @@ def _query(name: str, description: str, schema: dict[str, Any]) -> dict[str, Any
             "schema": schema}  # fmt: skip
 
 
-def _action(summary: str, request: type, result: type, errors: tuple[int, ...]) -> dict[str, Any]:
-    return {
-        "post": {
-            "summary": summary,
-            "security": [{"bearer": []}],
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": _ref(request)}},
-            },
-            "responses": {"200": _json(result, "Done"), **_errors(*errors)},
-        }
+_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def _action(
+    summary: str,
+    request: type | None,
+    result: type,
+    errors: tuple[int, ...],
+    parameters: tuple[dict[str, Any], ...] = (),
+) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "security": [{"bearer": []}],
+        "responses": {"200": _json(result, "Done"), **_errors(*errors)},
     }
+    if parameters:
+        operation["parameters"] = list(parameters)
+    if request is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _ref(request)}},
+        }
+    return {"post": operation}
 
 
 def build() -> dict[str, Any]:
     kinds = [
         Error, InstancesView, DeliveryList, DeliveryCopies, ReplayRequest, ReplayResult,
         RetryRequest, RetryResult, QuarantineList, QuarantineRetryRequest, Shown, Retried,
+        ConnectLinkRequest, ConnectLink, ResumeResult, ResyncRequest, ResyncView,
     ]  # fmt: skip
     _, components = msgspec.json.schema_components(kinds, ref_template=_REF)
     time_text = {"type": "string", "description": "RFC 3339, or a span back from now: 30m, 1h"}
@@ -142,6 +160,41 @@ def build() -> dict[str, Any]:
                 ReplayResult,
                 (400, 401, 403, 404, 503),
             ),
+            f"{PREFIX}/instances/{{name}}/connect-links": _action(
+                "A single-use link that connects a QuickBooks company to the instance",
+                ConnectLinkRequest,
+                ConnectLink,
+                (400, 401, 403, 404, 503),
+                (_NAME,),
+            ),
+            f"{PREFIX}/instances/{{name}}/resume": _action(
+                "Resume the instance's paused or failing callback endpoint now",
+                None,
+                ResumeResult,
+                (401, 403, 404, 503),
+                (_NAME,),
+            ),
+            f"{PREFIX}/instances/{{name}}/resyncs": _action(
+                "Start a resync: read QuickBooks again and deliver every object found",
+                ResyncRequest,
+                ResyncView,
+                (400, 401, 403, 404, 409, 503),
+                (_NAME,),
+            ),
+            f"{PREFIX}/instances/{{name}}/resync": {
+                "get": {
+                    "summary": "The instance's latest resync and its progress",
+                    "parameters": [_NAME],
+                    "responses": {"200": _json(ResyncView, "The resync"), **_errors(404, 503)},
+                }
+            },
+            f"{PREFIX}/instances/{{name}}/resync-cancel": _action(
+                "Cancel the instance's resync under way",
+                None,
+                ResyncView,
+                (401, 403, 404, 409, 503),
+                (_NAME,),
+            ),
             f"{PREFIX}/quarantine": {
                 "get": {
                     "summary": "The signed webhook bodies that could not be understood",
@@ -166,7 +219,7 @@ def build() -> dict[str, Any]:
                             "name": "id",
                             "in": "path",
                             "required": True,
-                            "schema": {"type": "integer"},
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
                         }
                     ],
                     "responses": {"200": _json(Shown, "The body"), **_errors(404, 503)},

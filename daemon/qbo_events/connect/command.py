@@ -40,9 +40,15 @@ async def mint_link(config: Config, instance: Instance, valid: float) -> str:
             ]
         )
     needs_client(config)
-    token = new_token()
     async with Outbox(outbox_path(config)) as outbox:
-        await ConnectionStore(outbox).add_link(token_hash(token), instance.name, time.time(), valid)
+        return await add_link(outbox, config, instance, valid)
+
+
+async def add_link(outbox: Outbox, config: Config, instance: Instance, valid: float) -> str:
+    """Store a new single-use link for `instance` in `outbox` and return it (the command's
+    and the admin API's way to make one)."""
+    token = new_token()
+    await ConnectionStore(outbox).add_link(token_hash(token), instance.name, time.time(), valid)
     return connect_link(config, token)
 
 

@@ -29,7 +29,7 @@ from qbo_events.metrics import Metrics
 from qbo_events.outbox import Outbox, Row
 from qbo_events.sinks import payload, retry, signing
 from qbo_events.sinks.alerts import Alerts
-from qbo_events.sinks.endpoint_health import EndpointHealth
+from qbo_events.sinks.endpoint_health import EndpointHealth, shown
 
 log = structlog.get_logger("qbo_events.sender")
 
@@ -467,7 +467,7 @@ class _Note:
     def attempt(self, target: Target, failure: DeliveryError | None) -> Attempt:
         return Attempt(
             at=self.at,
-            endpoint=_shown(target.url),
+            endpoint=shown(target.url),
             latency_ms=(time.monotonic() - self.began) * 1000,
             status=self.status,
             error=None if failure is None else (str(failure) or type(failure).__name__),
@@ -491,13 +491,6 @@ def _outcome(status: int | None, failure: DeliveryError | None) -> str:
     if status is not None:
         return f"{status // 100}xx"
     return "error"
-
-
-def _shown(url: str) -> str:
-    """The callback as history shows it: no user info or query, which may carry secrets."""
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 class _CutOff(Exception):
