@@ -26,10 +26,11 @@ A /metrics scrape is timed on its own, outside the CPU window: its cost grows wi
 At the end (alone with `--calls`, skipped with `--no-calls`) it counts the metered API calls
 per company and poll cycle for 5 companies x 22 resources at a 6 s interval, four variants:
 polling-only and hybrid instances, each with coalescing off (QBO_EVENTS_COALESCE=0: one call
-per resource, the cost before) and on. The counts are the sandbox's own (`calls_by_realm`,
-kinds cdc, query, read and batch; token calls are not metered by Intuit and are left out), over
-whole cycles after a warm-up; per company-month = per cycle x 96 x 30. Exit status 1 when
-"after" exceeds 4 calls per cycle per company or exceeds "before".
+per resource, the cost before) and on. The counts come from the sandbox's own call log
+(`/_sandbox/calls`, kinds cdc, query, read and batch; token calls are not metered by Intuit and
+are left out), after a warm-up, over each company's whole cycles in the window; per
+company-month = per cycle x 96 x 30. Exit status 1 when "after" exceeds 4 calls per cycle per
+company or exceeds "before".
 
 Everything binds 127.0.0.1; every process is ended by its pid; each N is bounded in time.
 """
@@ -38,11 +39,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime as dt
+import math
 import os
 import re
 import sys
 import time
 import urllib.request
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -369,14 +373,29 @@ MONTH_CYCLES_15MIN = 96 * 30
 VARIANTS = (("polling", False), ("polling", True), ("hybrid", False), ("hybrid", True))
 
 
-def sandbox_calls(base: str) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """The sandbox's own call counts: (by kind, by realm and kind)."""
-    stats = http_json(f"{base}/_sandbox/stats", timeout=60)[1]
-    return dict(stats["calls"]), {r: dict(k) for r, k in stats["calls_by_realm"].items()}
+def sandbox_calls(base: str, after: int = 0) -> list[dict[str, Any]]:
+    """The sandbox's own log of the calls it answered (seq, at, realm_id, kind), after `after`."""
+    return list(http_json(f"{base}/_sandbox/calls?after={after}", timeout=60)[1]["calls"])
 
 
-def metered(kinds: dict[str, int]) -> int:
-    return sum(kinds.get(kind, 0) for kind in METERED)
+def whole_cycles(calls: list[dict[str, Any]], interval_s: float) -> tuple[int, int]:
+    """(metered calls, cycles) in the whole poll cycles of one realm's calls, in order.
+
+    A realm's calls of one cycle go out together (at most 22 at its 10/s, about 2.2 s) and
+    cycles start `interval_s` apart, so a gap of half an interval separates two cycles. The
+    first and the last group may be cut by the window's edges and are left out."""
+    groups: list[int] = []
+    last = -math.inf
+    for call in calls:
+        if call["kind"] not in METERED:
+            continue
+        at = dt.datetime.fromisoformat(call["at"]).timestamp()
+        if at - last > interval_s / 2:
+            groups.append(0)
+        groups[-1] += 1
+        last = at
+    inner = groups[1:-1]
+    return sum(inner), len(inner)
 
 
 def daemon_calls_by_kind(text: str) -> dict[str, float]:
@@ -415,39 +434,36 @@ def measure_calls(
         # The warm-up holds every loop's first poll: the token refresh and the first cursor.
         time.sleep(args.calls_warmup_cycles * interval_s)
         daemon.proc.check()
-        names = ("qbo_events_poll_duration_seconds_count",)
         text0 = daemon.metrics()
-        kinds0, realms0 = sandbox_calls(sandbox)
+        seq0 = max((c["seq"] for c in sandbox_calls(sandbox)), default=0)
         t0 = time.monotonic()
         while (left := t0 + args.calls_cycles * interval_s - time.monotonic()) > 0:
             time.sleep(min(1.0, left))
             daemon.proc.check()
-        kinds1, realms1 = sandbox_calls(sandbox)
+        window = sandbox_calls(sandbox, seq0)
         text1 = daemon.metrics()
-    polls = metric_sums(text1, names)[names[0]] - metric_sums(text0, names)[names[0]]
-    # Cycles from the daemon's own poll count, so that a window edge inside a cycle is counted
-    # as the fraction of that cycle's polls it holds.
-    cycles = polls / (n * RESOURCES)
-    if not cycles:
-        raise RuntimeError(f"{vendor}: no polls in the window; see {daemon.proc.log_path}")
-    calls = metered(kinds1) - metered(kinds0)
-    per_realm = [
-        (metered(realms1.get(r, {})) - metered(realms0.get(r, {}))) / cycles for r in realms
-    ]
+    per_realm = {
+        r: whole_cycles([c for c in window if c["realm_id"] == r], interval_s) for r in realms
+    }
+    calls = sum(c for c, _ in per_realm.values())
+    cycles = sum(k for _, k in per_realm.values())
+    if min(k for _, k in per_realm.values()) == 0:
+        raise RuntimeError(f"{vendor}: a company had no whole cycle in the window; more cycles?")
+    kinds = Counter(c["kind"] for c in window)
     own0, own1 = daemon_calls_by_kind(text0), daemon_calls_by_kind(text1)
-    per_cycle = calls / cycles / n
+    per_cycle = calls / cycles
     return {
         "vendor": vendor,
         "coalesce": coalesce,
         "n": n,
         "interval_s": interval_s,
-        "cycles": cycles,
-        "polls": polls,
-        "calls": calls,
-        "calls_by_kind": {k: kinds1.get(k, 0) - kinds0.get(k, 0) for k in kinds1},
+        "cycles": cycles / n,  # whole cycles per company
+        "calls": calls,  # metered, in those whole cycles
+        "calls_by_kind": dict(sorted(kinds.items())),  # every call in the window, edges too
+        "window_metered": sum(v for k, v in kinds.items() if k in METERED),
         "daemon_calls_metered": sum(own1.get(k, 0.0) - own0.get(k, 0.0) for k in METERED),
         "calls_per_cycle_company": per_cycle,
-        "calls_per_cycle_company_max": max(per_realm),
+        "calls_per_cycle_company_max": max(c / k for c, k in per_realm.values()),
         "calls_per_company_month_15min": per_cycle * MONTH_CYCLES_15MIN,
     }
 
@@ -470,8 +486,9 @@ def report_calls(args: argparse.Namespace) -> tuple[bool, list[dict[str, Any]]]:
             by_kind = ", ".join(f"{k} {v}" for k, v in run["calls_by_kind"].items() if v)
             print(
                 f"  {vendor}, coalescing {'on' if coalesce else 'off'} (run {rep + 1}/"
-                f"{args.repeats}): {run['calls']} metered calls in {run['cycles']:.2f} cycles "
-                f"({by_kind}; daemon's own metered count {run['daemon_calls_metered']:.0f})",
+                f"{args.repeats}): {run['calls']} metered calls in {run['cycles']:g} whole "
+                f"cycles per company; whole window: {by_kind} (metered {run['window_metered']}, "
+                f"the daemon's own count {run['daemon_calls_metered']:.0f})",
                 flush=True,
             )
     per: dict[tuple[str, bool], float] = {}
@@ -574,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
         "--calls-interval", type=float, default=0.1, help="refresh_interval, minutes (0.1)"
     )
     calls.add_argument("--calls-warmup-cycles", type=float, default=1.5)
-    calls.add_argument("--calls-cycles", type=float, default=4.0, help="cycles measured (4)")
+    calls.add_argument("--calls-cycles", type=float, default=5.0, help="window in cycles (5)")
     args = parser.parse_args(argv)
     ns = args.n or [50, 200]
 
