@@ -15,8 +15,9 @@ from typing import Any, Final, Protocol
 import msgspec
 from aiohttp import web
 
-from qbo_events import deliveries, quarantine, resync_requests
+from qbo_events import activity, deliveries, quarantine, resync_requests
 from qbo_events.admin.models import (
+    Activity,
     ConnectLink,
     ConnectLinkRequest,
     DeliveryCopies,
@@ -80,6 +81,7 @@ class AdminApi:
     def add_routes(self, app: web.Application, openapi: Handler) -> None:
         app.router.add_get(f"{PREFIX}/openapi.json", openapi)
         app.router.add_get(f"{PREFIX}/instances", self.instances)
+        app.router.add_get(f"{PREFIX}/activity", self.activity)
         app.router.add_get(f"{PREFIX}/deliveries", self.list_deliveries)
         app.router.add_get(f"{PREFIX}/deliveries/{{event_id}}", self.show_delivery)
         app.router.add_post(f"{PREFIX}/replays", self._action(self.replay))
@@ -127,6 +129,22 @@ class AdminApi:
     async def instances(self, _: web.Request) -> web.Response:
         status = await self._ctx.status()
         return _reply(InstancesView(instances=status.get("instances", {})))
+
+    async def activity(self, request: web.Request) -> web.Response:
+        try:
+            hours = int(request.query.get("hours", "6"))
+            if not 1 <= hours <= activity.MAX_HOURS:
+                raise ValueError
+        except ValueError:
+            return _error(400, f"hours must be 1 to {activity.MAX_HOURS}")
+        names = [inst.name for inst in self._ctx.config.instances]
+        try:
+            since, until, found = activity.read(self._outbox(), names, hours)
+        except OutboxError as exc:
+            return _error(503, f"the outbox cannot answer: {exc}")
+        return _reply(
+            Activity(hours=hours, since=since, until=until, minute=activity.MINUTE, instances=found)
+        )
 
     async def list_deliveries(self, request: web.Request) -> web.Response:
         query = request.query

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
+from qbo_events.activity import InstanceActivity
 from qbo_events.deliveries import Detail, Item
 from qbo_events.quarantine import Quarantined
 
@@ -22,6 +23,17 @@ class InstancesView(msgspec.Struct, frozen=True):
     API calls and delivery counts, as /status shows them."""
 
     instances: dict[str, Any]
+
+
+class Activity(msgspec.Struct, frozen=True):
+    """Per instance, each minute from `since` to `until` that had events or failed attempts
+    (`minute` seconds long), and its undelivered and dead counts now."""
+
+    hours: int
+    since: float
+    until: float
+    minute: int
+    instances: dict[str, InstanceActivity]
 
 
 class DeliveryList(msgspec.Struct, frozen=True):

@@ -14,9 +14,10 @@ from typing import Any, Final
 import msgspec
 import orjson
 
-from qbo_events import __version__, deliveries
+from qbo_events import __version__, activity, deliveries
 from qbo_events.admin.api import MAX_LIMIT, PREFIX
 from qbo_events.admin.models import (
+    Activity,
     ConnectLink,
     ConnectLinkRequest,
     DeliveryCopies,
@@ -93,7 +94,7 @@ def build() -> dict[str, Any]:
     kinds = [
         Error, InstancesView, DeliveryList, DeliveryCopies, ReplayRequest, ReplayResult,
         RetryRequest, RetryResult, QuarantineList, QuarantineRetryRequest, Shown, Retried,
-        ConnectLinkRequest, ConnectLink, ResumeResult, ResyncRequest, ResyncView,
+        ConnectLinkRequest, ConnectLink, ResumeResult, ResyncRequest, ResyncView, Activity,
     ]  # fmt: skip
     _, components = msgspec.json.schema_components(kinds, ref_template=_REF)
     time_text = {"type": "string", "description": "RFC 3339, or a span back from now: 30m, 1h"}
@@ -114,6 +115,19 @@ def build() -> dict[str, Any]:
                 "get": {
                     "summary": "Every instance: state, connection, polling, calls, counts",
                     "responses": {"200": _json(InstancesView, "The instances")},
+                }
+            },
+            f"{PREFIX}/activity": {
+                "get": {
+                    "summary": "Per instance and minute: accepted, delivered, failed, latency",
+                    "parameters": [
+                        _query(
+                            "hours",
+                            "This many hours back (default 6)",
+                            {"type": "integer", "minimum": 1, "maximum": activity.MAX_HOURS},
+                        )
+                    ],
+                    "responses": {"200": _json(Activity, "The activity"), **_errors(400, 503)},
                 }
             },
             f"{PREFIX}/deliveries": {
