@@ -1,4 +1,5 @@
-"""The private health listener: /healthz, /readyz, /status, /metrics and the admin API."""
+"""The private health listener: /healthz, /readyz, /status, /metrics, the admin API and the
+console over it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from qbo_events import console
 from qbo_events.admin.api import AdminApi
 from qbo_events.admin.schema import DOCUMENT
 from qbo_events.logs import redact
@@ -59,6 +61,7 @@ def health_app(
             return web.Response(body=document, content_type="application/json")
 
         admin.add_routes(app, openapi)
+        console.add_routes(app)
     return app
 
 
