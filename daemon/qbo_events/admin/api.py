@@ -77,6 +77,7 @@ def _error(status: int, message: str) -> web.Response:
 class AdminApi:
     def __init__(self, context: AdminContext) -> None:
         self._ctx = context
+        self._activity = activity.ActivityReader()
 
     def add_routes(self, app: web.Application, openapi: Handler) -> None:
         app.router.add_get(f"{PREFIX}/openapi.json", openapi)
@@ -137,9 +138,16 @@ class AdminApi:
                 raise ValueError
         except ValueError:
             return _error(400, f"hours must be 1 to {activity.MAX_HOURS}")
-        names = [inst.name for inst in self._ctx.config.instances]
+        config = self._ctx.config
+        names = [inst.name for inst in config.instances]
         try:
-            since, until, found = activity.read(self._outbox(), names, hours)
+            since, until, found = await self._activity.read(
+                # An attempt is written once its answer came: by the timeout, and a commit later.
+                self._outbox(),
+                names,
+                hours,
+                settle=config.delivery.timeout + 60,
+            )
         except OutboxError as exc:
             return _error(503, f"the outbox cannot answer: {exc}")
         return _reply(
