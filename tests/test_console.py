@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import threading
 import urllib.error
 import urllib.request
@@ -41,6 +42,8 @@ class Site:
     sandbox: SandboxProcess
     tmp: Path
     failing: threading.Event  # while set, the receiver answers 500
+    instances: str
+    settings: str
 
     @property
     def url(self) -> str:
@@ -85,7 +88,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     )
     d.write_config(instances, settings=settings)
     d.start()
-    yield Site(d, receiver, sandbox, tmp, failing)
+    yield Site(d, receiver, sandbox, tmp, failing, instances, settings)
     try:
         assert d.stop() == 0
     finally:
@@ -275,15 +278,43 @@ def test_a_needs_reauthorization_instance_gets_its_connect_link(site: Site, page
 
 
 def test_the_quarantine_is_listed_shown_and_retried(site: Site, page: Page) -> None:
-    assert site.daemon.post(b'{"eventNotifications": "not a list"}') == 200
+    # Markup in a body is shown as text, never made into elements.
+    assert site.daemon.post(b'{"eventNotifications": "<img id=injected src=/x>"}') == 200
     row = page.locator("#quarantine-rows tr[data-quarantine-id]").last
     expect(row).to_be_visible()
     row.get_by_role("button", name="Show").click()
-    expect(page.locator("#quarantine-body")).to_contain_text("not a list")
+    expect(page.locator("#quarantine-body")).to_contain_text('"<img id=injected src=/x>"')
+    assert page.locator("#injected").count() == 0
     row.get_by_role("button", name="Retry").click()
     give_token(page)
     expect(page.locator("#message")).to_contain_text("Tried 1: 0 parsed")
     expect(page.locator("#message")).to_contain_text("1 still failing")
+
+
+def test_a_resync_is_started_and_cancelled_from_its_card(site: Site, page: Page) -> None:
+    lapsed = card(page, "lapsed")
+    lapsed.get_by_role("button", name="Start resync").click()
+    give_token(page)
+    expect(page.locator("#confirm-text")).to_contain_text("Start a resync of lapsed?")
+    page.click("#confirm-ok")
+    expect(page.locator("#message")).to_contain_text(re.compile(r"Resync rs_\S+ of lapsed is"))
+    cancel = lapsed.get_by_role("button", name="Cancel resync")
+    expect(cancel).to_be_enabled()
+    cancel.click()
+    page.click("#confirm-ok")
+    expect(page.locator("#message")).to_contain_text(re.compile(r"is (cancelling|cancelled)"))
+    assert api(site, "instances/lapsed/resync")["resync"]["state"] in ("cancelling", "cancelled")
+
+
+def test_a_rejected_reload_shows_a_banner(site: Site, page: Page) -> None:
+    banner = page.locator("#banner")
+    expect(banner).to_be_hidden()
+    site.daemon.write_config(site.instances + "[[instances]]\nname = 5\n", settings=site.settings)
+    site.daemon.signal(signal.SIGHUP)
+    expect(banner).to_contain_text("The last reload was rejected")
+    site.daemon.write_config(site.instances, settings=site.settings)
+    site.daemon.signal(signal.SIGHUP)
+    expect(banner).to_be_hidden()
 
 
 def test_a_phone_sized_window_has_no_horizontal_scroll(

@@ -189,7 +189,10 @@
   function drawBanner() {
     const problems = [];
     const reload = status.last_reload || {};
-    if (reload.ok === false) problems.push(`The last reload was rejected: ${reload.error || "no reason given"}. The previous configuration is still in use.`);
+    if (reload.ok === false) {
+      const why = Array.isArray(reload.error) ? reload.error.join("; ") : reload.error || "no reason given";
+      problems.push(`The last reload was rejected: ${why}. The previous configuration is still in use.`);
+    }
     const outbox = status.outbox || {};
     if (outbox.writable === false) problems.push("Storage cannot be written: new events are refused until it can.");
     if (outbox.slow_storage) problems.push("Storage is slow: commits take long enough to run on a helper thread.");
