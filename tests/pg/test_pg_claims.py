@@ -149,6 +149,22 @@ async def test_the_endpoint_cap_holds_across_claimers(pool: Pool) -> None:
     )
 
 
+async def test_a_claim_in_progress_keeps_others_off_its_endpoints_slots(pool: Pool) -> None:
+    cap = 3
+    await accept(pool, [event(f"a-o{i}", 0, endpoint="http://a") for i in range(10)])
+    await accept(pool, [event(f"b-o{i}", 0, endpoint="http://b") for i in range(10)])
+    # p1's claim has not committed yet (the outer transaction stays open) when p2 claims.
+    async with pool.connection() as slow, slow.transaction():
+        mine = await c.claim(slow, "p1", limit=1, endpoint_cap=cap)
+        assert [x.endpoint for x in mine] == ["http://a"]
+        theirs = await claim(pool, "p2", endpoint_cap=cap)
+    assert {x.endpoint for x in theirs} == {"http://b"}
+    async with pool.connection() as conn:
+        assert await c.in_flight(conn) == {"http://a": 1, "http://b": cap}
+    # Once p1 committed, its endpoint's remaining room is anyone's.
+    assert [x.endpoint for x in await claim(pool, "p2", endpoint_cap=cap)] == ["http://a"] * 2
+
+
 def run_claimer(
     pg: Database,
     owner: str,

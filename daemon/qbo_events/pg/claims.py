@@ -167,15 +167,13 @@ async def claim(
         due = [(str(k), int(e), str(p)) for k, e, p in await cur.fetchall()]
         if not due:
             return []
-        mine = []
-        for endpoint in sorted({p for _, _, p in due}):
-            got = await conn.execute(
-                "SELECT pg_try_advisory_xact_lock(%s, hashtext(current_schema() || %s))",
-                (_ENDPOINT_LOCK_CLASS, endpoint),
-            )
-            held = await got.fetchone()
-            if held is not None and held[0]:
-                mine.append(endpoint)
+        # A try-lock never waits, so the order the endpoints are tried in cannot deadlock.
+        cur = await conn.execute(
+            "SELECT e FROM unnest(%s::text[]) AS e"
+            " WHERE pg_try_advisory_xact_lock(%s, hashtext(current_schema() || e))",
+            (sorted({p for _, _, p in due}), _ENDPOINT_LOCK_CLASS),
+        )
+        mine = [str(row[0]) for row in await cur.fetchall()]
         # A new statement, so a new snapshot: it sees the claims that the endpoint's previous
         # lock holder committed.
         cur = await conn.execute(
@@ -268,7 +266,7 @@ async def complete(conn: Connection, claims: Sequence[Claim]) -> int:
     were completed."""
     if not claims:
         return 0
-    async with conn.transaction():
+    async with conn.pipeline(), conn.transaction():
         await _lock_heads(conn, (c.object_key for c in claims))
         cur = await conn.execute(
             "WITH done AS ("
