@@ -50,6 +50,19 @@ async def test_accept_skips_events_seen_before(pool: Pool, pg: Database) -> None
     assert await accept(pool, []) == 0
 
 
+async def test_old_dedupe_keys_are_pruned_in_small_batches(pool: Pool, pg: Database) -> None:
+    await accept(pool, [event(f"o{i}", 0) for i in range(5)])
+    async with pool.connection() as conn:
+        await conn.execute(
+            "UPDATE dedupe SET seen_at = now() - interval '2 hours'"
+            " WHERE event_id IN ('o0#0', 'o1#0', 'o2#0')"
+        )
+        assert [await c.prune_dedupe(conn, 3600, limit=2) for _ in range(3)] == [2, 1, 0]
+    assert await pg.scalar("SELECT count(*) FROM dedupe") == 2
+    # Past the window, an event id counts as new again; within it, not.
+    assert await accept(pool, [event("o0", 0), event("o3", 0)]) == 1
+
+
 async def test_only_each_objects_first_event_is_claimed(pool: Pool) -> None:
     await accept(pool, [event(f"o{i}", n) for n in range(3) for i in range(3)])
     first = await claim(pool)

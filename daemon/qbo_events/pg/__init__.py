@@ -3,7 +3,9 @@
 
 Every function takes an open `Connection` and runs in its own transaction (a savepoint when the
 caller already has one open), so that the same code runs behind a pool or PgBouncer's
-transaction pooling: nothing here keeps session state between calls.
+transaction pooling: nothing here keeps session state between calls. The connections must be in
+autocommit mode (`autocommit=True`), so that each call's transaction is its own and commits when
+it returns; behind PgBouncer, also turn off prepared statements (`prepare_threshold=None`).
 """
 
 from __future__ import annotations

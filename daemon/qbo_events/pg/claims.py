@@ -138,6 +138,20 @@ _ACCEPT_ALL: Final = (
 )
 
 
+async def prune_dedupe(conn: Connection, window: float, limit: int = 1000) -> int:
+    """Forget up to `limit` dedupe keys seen more than `window` seconds ago; returns how many.
+    One short transaction a call, skipping rows another pruner holds: call again until it
+    returns less than `limit`, so the table never bloats behind one long delete."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "DELETE FROM dedupe WHERE event_id IN ("
+            " SELECT event_id FROM dedupe WHERE seen_at < now() - make_interval(secs => %s)"
+            " ORDER BY seen_at LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (window, limit),
+        )
+        return cur.rowcount
+
+
 # -- claiming ---------------------------------------------------------------------------------
 
 
