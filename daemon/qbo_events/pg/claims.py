@@ -170,61 +170,36 @@ async def claim(
     a claimer that finds taken skips rather than waits for."""
     only = None if instances is None else sorted(set(instances))
     params: dict[str, Any] = {"owner": owner, "lease": lease, "instances": only}
-    async with conn.transaction():
+    async with conn.pipeline(), conn.transaction():
+        await _no_fsync(conn)
         if endpoint_cap is None:
             params["limit"] = limit
             cur = await conn.execute(_CLAIM_DUE_ALL if only is None else _CLAIM_DUE_OF, params)
             return [_claim(row) for row in await cur.fetchall()]
 
         params["limit"] = limit * 4  # room to pass over the heads of endpoints at their cap
-        cur = await conn.execute(_DUE_ALL if only is None else _DUE_OF, params)
-        due = [(str(k), int(e), str(p)) for k, e, p in await cur.fetchall()]
+        cur = await conn.execute(_DUE_LOCKED_ALL if only is None else _DUE_LOCKED_OF, params)
+        due = await cur.fetchall()
         if not due:
             return []
-        # A try-lock never waits, so the order the endpoints are tried in cannot deadlock.
+        # A new statement, so a new snapshot: it counts the claims that each endpoint's
+        # previous lock holder committed.
         cur = await conn.execute(
-            "SELECT e FROM unnest(%s::text[]) AS e"
-            " WHERE pg_try_advisory_xact_lock(%s, hashtext(current_schema() || e))",
-            (sorted({p for _, _, p in due}), _ENDPOINT_LOCK_CLASS),
+            _CLAIM_PICKED,
+            {
+                **params,
+                "keys": [k for k, _, _ in due],
+                "ids": [e for _, e, _ in due],
+                "endpoints": [p for _, _, p in due],
+                "cap": endpoint_cap,
+                "limit": limit,
+            },
         )
-        mine = [str(row[0]) for row in await cur.fetchall()]
-        # A new statement, so a new snapshot: it sees the claims that the endpoint's previous
-        # lock holder committed.
-        cur = await conn.execute(
-            "SELECT endpoint, count(*) FROM events WHERE endpoint = ANY(%s)"
-            " AND claim_token IS NOT NULL AND lease_until > now() GROUP BY endpoint",
-            (mine,),
-        )
-        room = dict.fromkeys(mine, endpoint_cap)
-        for endpoint, live in await cur.fetchall():
-            room[str(endpoint)] -= int(live)
-        keys, ids = pick(due, room, limit)
-        if not ids:
-            return []
-        cur = await conn.execute(_CLAIM_PICKED, {**params, "keys": keys, "ids": ids})
         return [_claim(row) for row in await cur.fetchall()]
 
 
-def pick(
-    due: Sequence[tuple[str, int, str]], room: dict[str, int], limit: int
-) -> tuple[list[str], list[int]]:
-    """Of the due heads (object_key, event, endpoint), oldest first, those that fit in each
-    endpoint's room (endpoints not in `room` get none), at most `limit`."""
-    left = dict(room)
-    keys: list[str] = []
-    ids: list[int] = []
-    for key, event, endpoint in due:
-        if len(ids) == limit:
-            break
-        if left.get(endpoint, 0) > 0:
-            left[endpoint] -= 1
-            keys.append(key)
-            ids.append(event)
-    return keys, ids
-
-
 _DUE: Final = """
-    SELECT object_key, event, endpoint FROM heads
+    SELECT object_key, event, endpoint, run_at FROM heads
     WHERE run_at <= now() {only}
     ORDER BY run_at LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED"""
@@ -249,10 +224,38 @@ _TAKE: Final = """
     SELECT * FROM claimed ORDER BY id"""
 _CLAIM_DUE_ALL: Final = "WITH due AS MATERIALIZED (" + _DUE_ALL + ")," + _TAKE
 _CLAIM_DUE_OF: Final = "WITH due AS MATERIALIZED (" + _DUE_OF + ")," + _TAKE
-# The heads are already locked by this transaction (the _DUE scan).
+# The due heads, locked, of the endpoints whose claim lock this transaction got. A try-lock
+# never waits, so the order the endpoints are tried in cannot deadlock; a claimer that finds an
+# endpoint's lock taken passes over its heads.
+_DUE_LOCKED: Final = """
+    WITH due AS MATERIALIZED ({due})
+    SELECT object_key, event, endpoint FROM due
+    WHERE pg_try_advisory_xact_lock({lock_class}, hashtext(current_schema() || endpoint))
+    ORDER BY run_at"""
+_DUE_LOCKED_ALL: Final = _DUE_LOCKED.format(due=_DUE_ALL, lock_class=_ENDPOINT_LOCK_CLASS)
+_DUE_LOCKED_OF: Final = _DUE_LOCKED.format(due=_DUE_OF, lock_class=_ENDPOINT_LOCK_CLASS)
+# Of those heads (already locked by this transaction), oldest first, as many per endpoint as
+# its live claims across every process leave room for.
 _CLAIM_PICKED: Final = (
-    "WITH due AS MATERIALIZED ("
-    " SELECT * FROM unnest(%(keys)s::text[], %(ids)s::bigint[]) AS d(object_key, event))," + _TAKE
+    """WITH d AS (
+        SELECT * FROM unnest(%(keys)s::text[], %(ids)s::bigint[], %(endpoints)s::text[])
+            WITH ORDINALITY AS d(object_key, event, endpoint, n)
+    ),
+    live AS (
+        SELECT endpoint, count(*) AS busy FROM events
+        WHERE endpoint IN (SELECT endpoint FROM d)
+          AND claim_token IS NOT NULL AND lease_until > now()
+        GROUP BY endpoint
+    ),
+    due AS MATERIALIZED (
+        SELECT object_key, event FROM (
+            SELECT d.object_key, d.event, d.n, coalesce(live.busy, 0)
+                + row_number() OVER (PARTITION BY d.endpoint ORDER BY d.n) AS place
+            FROM d LEFT JOIN live USING (endpoint)
+        ) ranked
+        WHERE place <= %(cap)s ORDER BY n LIMIT %(limit)s
+    ),"""
+    + _TAKE
 )
 
 
@@ -281,6 +284,7 @@ async def complete(conn: Connection, claims: Sequence[Claim]) -> int:
     if not claims:
         return 0
     async with conn.pipeline(), conn.transaction():
+        await _no_fsync(conn)
         await _lock_heads(conn, (c.object_key for c in claims))
         cur = await conn.execute(
             "WITH done AS ("
@@ -297,7 +301,8 @@ async def complete(conn: Connection, claims: Sequence[Claim]) -> int:
 async def retry(conn: Connection, claim: Claim, *, delay: float, error: str) -> bool:
     """Give the claim back to be tried again in `delay` seconds: the same row, so the object's
     later events keep waiting behind it. False if the claim was no longer this one."""
-    async with conn.transaction():
+    async with conn.pipeline(), conn.transaction():
+        await _no_fsync(conn)
         await _lock_heads(conn, (claim.object_key,))
         cur = await conn.execute(
             "WITH r AS ("
@@ -318,7 +323,8 @@ async def retry(conn: Connection, claim: Claim, *, delay: float, error: str) -> 
 async def dead_letter(conn: Connection, claim: Claim, *, error: str) -> bool:
     """Keep the event as dead, out of the object's way: its next event becomes the head.
     False if the claim was no longer this one."""
-    async with conn.transaction():
+    async with conn.pipeline(), conn.transaction():
+        await _no_fsync(conn)
         await _lock_heads(conn, (claim.object_key,))
         cur = await conn.execute(
             "WITH done AS ("
@@ -330,6 +336,14 @@ async def dead_letter(conn: Connection, claim: Claim, *, error: str) -> bool:
         )
         row = await cur.fetchone()
         return row is not None and row[0] == 1
+
+
+async def _no_fsync(conn: Connection) -> None:
+    """This transaction's commit does not wait for the WAL to reach the disk. Only for delivery
+    bookkeeping: what a server crash loses of it is delivered again, as when a process dies
+    (at least once, as the SQLite outbox's acknowledgements). Intake and fenced writes keep
+    the server's setting: a webhook is answered, a token used, only once they are durable."""
+    await conn.execute("SET LOCAL synchronous_commit = off")
 
 
 async def _lock_heads(conn: Connection, keys: Iterable[str]) -> None:
