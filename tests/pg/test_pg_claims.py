@@ -84,6 +84,8 @@ async def test_claims_can_be_limited_to_instances(pool: Pool) -> None:
     await accept(pool, [event("a1", 0, instance="a"), event("b1", 0, instance="b")])
     assert ids(await claim(pool, instances=["b"])) == ["b1#0"]
     assert ids(await claim(pool, instances=["a", "b"])) == ["a1#0"]
+    await accept(pool, [event("a2", 0, instance="a"), event("b2", 0, instance="b")])
+    assert ids(await claim(pool, instances=["a"], endpoint_cap=5)) == ["a2#0"]
 
 
 async def test_an_expired_claim_returns_and_its_old_token_is_refused(
@@ -108,7 +110,7 @@ async def test_a_retry_keeps_the_objects_later_events_waiting(pool: Pool, pg: Da
     batch = await claim(pool)
     o1 = next(x for x in batch if x.object_key == "o1")
     async with pool.connection() as conn:
-        assert await c.retry(conn, o1, delay=0.5, error="503 from the receiver")
+        assert await c.retry(conn, o1, delay=2.0, error="503 from the receiver")
         assert not await c.retry(conn, o1, delay=0.5, error="twice")  # the claim is spent
     await complete(pool, [x for x in batch if x.object_key == "o2"])
     assert await claim(pool) == []  # o1#1 waits behind o1#0's retry

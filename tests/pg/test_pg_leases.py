@@ -3,6 +3,7 @@ rendezvous assignment of companies to members."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 
 import psycopg
@@ -30,7 +31,7 @@ async def expired(pool: Pool, instance: str = "acme") -> bool:
 
 @pytest.mark.anyio
 async def test_a_lease_has_one_holder_until_it_expires_by_the_database_clock(pool: Pool) -> None:
-    a = await acquire(pool, "a", ttl=0.5)
+    a = await acquire(pool, "a", ttl=1.5)
     assert a == L.Lease("acme", "a", 1)
     assert await acquire(pool, "b") is None
     async with pool.connection() as conn:
@@ -44,13 +45,20 @@ async def test_a_lease_has_one_holder_until_it_expires_by_the_database_clock(poo
 
 
 @pytest.mark.anyio
+async def test_of_processes_acquiring_a_free_lease_at_once_one_wins(pool: Pool) -> None:
+    got = await asyncio.gather(*(acquire(pool, f"p{i}") for i in range(4)))
+    winners = [lease for lease in got if lease is not None]
+    assert len(winners) == 1 and winners[0].epoch == 1
+
+
+@pytest.mark.anyio
 async def test_renewal_keeps_a_lease_and_an_expired_one_is_not_revived(pool: Pool) -> None:
-    a = await acquire(pool, "a", ttl=0.6)
+    a = await acquire(pool, "a", ttl=2.0)
     assert a is not None
     async with pool.connection() as conn:
         # Renewed past several TTLs, it stays a's.
         for _ in range(3):
-            assert await L.renew(conn, a, ttl=0.6)
+            assert await L.renew(conn, a, ttl=2.0)
             assert await acquire(pool, "b") is None
         await wait_until(lambda: expired(pool), 10, "the lease to expire")
         # Nobody took it, yet the owner (perhaps paused meanwhile) may not carry on.
@@ -71,7 +79,7 @@ async def test_a_released_lease_is_taken_at_once(pool: Pool) -> None:
 
 @pytest.mark.anyio
 async def test_a_deposed_owner_cannot_write_cursors_tokens_or_events(pool: Pool) -> None:
-    a = await acquire(pool, "a", ttl=0.5)
+    a = await acquire(pool, "a", ttl=1.5)
     assert a is not None
     async with pool.connection() as conn:
         await L.write_cursor(conn, a, "Invoice", "t1")
@@ -101,7 +109,7 @@ async def test_a_deposed_owner_cannot_write_cursors_tokens_or_events(pool: Pool)
 
 @pytest.mark.anyio
 async def test_a_fenced_write_holds_off_a_takeover_until_it_commits(pool: Pool) -> None:
-    a = await acquire(pool, "a", ttl=1.0)
+    a = await acquire(pool, "a", ttl=2.0)
     assert a is not None
     async with pool.connection() as writer, writer.transaction():
         await L.check_fence(writer, a)
