@@ -144,6 +144,47 @@ async def test_members_heartbeat_and_leave(pool: Pool) -> None:
         assert await L.live_members(conn, ttl=10) == ["p1", "p3"]
 
 
+@pytest.mark.anyio
+async def test_companies_move_when_a_member_joins_and_when_it_leaves(pool: Pool) -> None:
+    companies = [f"c{i}" for i in range(12)]
+    held: dict[str, dict[str, L.Lease]] = {"p1": {}, "p2": {}}
+
+    async def round_of(me: str) -> L.Ownership:
+        async with pool.connection() as conn:
+            done = await L.rebalance(conn, me, companies, held[me])
+        held[me] = done.held
+        return done
+
+    first = await round_of("p1")
+    assert first.gained == frozenset(companies)  # alone, p1 owns every company
+    # p2 joins: its share is still p1's until p1's next round releases it.
+    assert (await round_of("p2")).gained == frozenset()
+    moved = (await round_of("p1")).released
+    assert moved and moved == L.assignment(companies, ["p1", "p2"], "p2")
+    assert (await round_of("p2")).gained == moved
+    async with pool.connection() as conn:
+        owners = {i: o for i, (o, _) in (await L.holders(conn)).items()}
+    assert owners == {c: ("p2" if c in moved else "p1") for c in companies}
+    # p1 shuts down cleanly: p2 takes everything in its next round, without waiting for a TTL.
+    async with pool.connection() as conn:
+        for lease in held["p1"].values():
+            await L.release(conn, lease)
+        await L.leave(conn, "p1")
+    assert (await round_of("p2")).gained == frozenset(companies) - moved
+    assert set(held["p2"]) == set(companies)
+
+
+@pytest.mark.anyio
+async def test_a_round_reports_a_lease_lost_while_paused(pool: Pool) -> None:
+    a = await acquire(pool, "p1", ttl=0.3)
+    assert a is not None
+    await wait_until(lambda: expired(pool), 10, "p1's lease to expire")
+    assert await acquire(pool, "p2") is not None  # taken while p1 was paused
+    async with pool.connection() as conn:
+        done = await L.rebalance(conn, "p1", ["acme"], {"acme": a})
+    assert done.lost == {"acme"} and done.held == {} and not done.gained
+
+
 def test_rendezvous_gives_each_company_one_owner_spread_over_members() -> None:
     companies = [f"company-{i}" for i in range(600)]
     members = ["p1", "p2", "p3"]

@@ -189,6 +189,50 @@ async def live_members(conn: Connection, ttl: float = TTL) -> list[str]:
         return [str(row[0]) for row in await cur.fetchall()]
 
 
+# -- one round of ownership ------------------------------------------------------------------
+
+
+class Ownership(msgspec.Struct, frozen=True):
+    """What one round left this process owning, and what changed in it."""
+
+    held: dict[str, Lease]
+    gained: frozenset[str]
+    lost: frozenset[str]  # taken over or expired: stop acting for these at once
+    released: frozenset[str]  # given up to the member they now belong to
+
+
+async def rebalance(
+    conn: Connection,
+    me: str,
+    companies: Iterable[str],
+    held: dict[str, Lease],
+    ttl: float = TTL,
+) -> Ownership:
+    """One round, every TTL / 3: heartbeat, renew what is held and still this process's share,
+    release what moved to another member, try to take the share not yet held (a company whose
+    old owner has not released it yet is taken once it does, or its lease expires)."""
+    await heartbeat(conn, me)
+    want = assignment(companies, await live_members(conn, ttl), me)
+    kept: dict[str, Lease] = {}
+    lost: set[str] = set()
+    released: set[str] = set()
+    for instance, lease in held.items():
+        if instance not in want:
+            await release(conn, lease)
+            released.add(instance)
+        elif await renew(conn, lease, ttl):
+            kept[instance] = lease
+        else:
+            lost.add(instance)
+    gained: set[str] = set()
+    for instance in sorted(want - kept.keys() - lost):
+        got = await acquire(conn, instance, me, ttl)
+        if got is not None:
+            kept[instance] = got
+            gained.add(instance)
+    return Ownership(kept, frozenset(gained), frozenset(lost), frozenset(released))
+
+
 # -- who should own what (pure) ---------------------------------------------------------------
 
 
